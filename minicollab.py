@@ -41,12 +41,12 @@ class IdMap:
         raw = np.asarray(raw)
         if raw.size and (raw.dtype.kind in "UO") != (self.ids.dtype.kind in "UO"):
             kind = "strings" if self.ids.dtype.kind in "UO" else "numbers"
-            raise KeyError(f"id {raw.flat[0]!r} is a {type(raw.flat[0].item()).__name__}, but these ids are {kind}")
+            raise KeyError(f"id {raw.flat[0].item()!r} is a {type(raw.flat[0].item()).__name__}, but these ids are {kind}")
         pos = np.searchsorted(self.ids, raw, sorter=self.order).clip(0, len(self.ids) - 1)
         idx = self.order[pos]
         bad = self.ids[idx] != raw
         if np.any(bad):
-            raise KeyError(f"unknown id {np.asarray(raw)[bad].flat[0]!r}")
+            raise KeyError(f"unknown id {raw[bad].flat[0].item()!r}")
         return idx
 
     def decode(self, idx):
@@ -69,11 +69,11 @@ def read_ratings(path, user_col=None, item_col=None, rating_col=None):
         delim = "\t" if "\t" in header else ","
         header = next(csv.reader([header], delimiter=delim))
         rows = list(csv.reader(f, delimiter=delim))
-    names = [user_col or header[0], item_col or header[1], rating_col or header[2]] if len(header) >= 3 else []
-    missing = [c for c in names if c not in header] if names else ["three columns"]
+    names = [c or h for c, h in zip((user_col, item_col, rating_col), header + ["", "", ""])]
+    missing = [c for c in names if c not in header]
     if missing:
         raise CollabError(f"{path}: no column {missing[0]!r}; columns found: {', '.join(header)}"
-                          " (pick them with --user-col, --item-col, --rating-col)")
+                          " (pick user, item and rating with --user-col, --item-col, --rating-col)")
     cols = [header.index(c) for c in names]
     if any(len(r) <= max(cols) for r in rows):
         line = next(n for n, r in enumerate(rows, 2) if len(r) <= max(cols))
@@ -233,8 +233,8 @@ def one_cycle(pct, lr_max, div=25.0, div_final=1e5, pct_start=0.25, moms=(0.95, 
     if pct < pct_start:  # warm up from lr_max/25 while momentum falls
         p = pct / pct_start
         return cos(lr_max / div, lr_max, p), cos(moms[0], moms[1], p)
-    p = (pct - pct_start) / (1 - pct_start)  # anneal to lr_max/(25*1e5) while momentum climbs back
-    return cos(lr_max, lr_max / (div * div_final), p), cos(moms[1], moms[2], p)
+    p = (pct - pct_start) / (1 - pct_start)  # anneal to lr_max/1e5 while momentum climbs back
+    return cos(lr_max, lr_max / div_final, p), cos(moms[1], moms[2], p)
 
 
 def evaluate(model, data, bs=65536):
