@@ -346,7 +346,7 @@ class Collab:
         top = scores.topk(min(n, int(torch.isfinite(scores).sum())))
         return [(self.title(i), float(r)) for r, i in zip(top.values, top.indices)]
 
-    def fold_in(self, user, items, ratings, steps=200, lr=0.05, wd=1e-2):
+    def fold_in(self, user, items, ratings, steps=100, lr=0.05, wd=1.0):
         """Add a user who was not in training from a few (item, rating) pairs: fit only their own parameters."""
         if user in set(self.users.ids.tolist()):
             raise CollabError(f"user {user!r} is already in the model")
@@ -354,14 +354,19 @@ class Collab:
         r = torch.as_tensor(np.asarray(ratings, dtype=np.float32))
         m = self.model.eval()
         params, u = add_user_rows(m, 1), torch.full_like(i, len(self.users))
+        frozen = [p for p in m.parameters() if all(p is not q for q in params)]
+        for p in frozen:  # the items (and the MLP) stay as trained
+            p.requires_grad_(False)
         dev = params[0].device
         i, r, u, opt = i.to(dev), r.to(dev), u.to(dev), Adam(params)
-        for _ in range(steps):  # the items are frozen: they get no gradient
+        for _ in range(steps):
             F.mse_loss(m(u, i), r).backward()
-            for p in params:
-                p.grad[:-1] = 0  # only the new row learns; Adam leaves the rest exactly as it was
             add_weight_decay(params, wd)
+            for p in params:
+                p.grad[:-1] = 0  # only the new row learns; Adam leaves the others exactly as they were
             opt.step(lr, 0.9)
+        for p in frozen:
+            p.requires_grad_(True)
         self.users.add(user)
         self.config["new_users"] = self.config.get("new_users", 0) + 1
         self.rated = np.append(self.rated, i.cpu().numpy())
