@@ -132,10 +132,6 @@ def split(n, valid_pct=0.2, seed=0):
     return perm[n_valid:], perm[:n_valid]
 
 
-# The whole data set sits on the device; a batch is a slice of a shuffled index
-# ("poor man's data loader", as in nanoGPT): no DataLoader, no copies per batch.
-
-
 # -----------------------------------------------------------------------------
 # 3. The models: sigmoid_range, create_params, DotProductBias, CollabNN
 
@@ -263,7 +259,8 @@ def fit_one_cycle(model, train, valid, epochs=5, lr_max=1e-2, wd=1e-4, bs=2048, 
         start = time.perf_counter()
         model.train()
         perm = torch.randperm(n, generator=gen).to(ratings.device)
-        u, i, r = users[perm], items[perm], ratings[perm]  # shuffled once; a batch is then a slice (a view)
+        # The data already sits on the device: shuffle it once, then a batch is a slice, a view (no DataLoader).
+        u, i, r = users[perm], items[perm], ratings[perm]
         total = torch.zeros((), device=ratings.device)
         for step in range(steps):
             lr, mom = one_cycle((epoch * steps + step) / (epochs * steps), lr_max)
@@ -275,7 +272,8 @@ def fit_one_cycle(model, train, valid, epochs=5, lr_max=1e-2, wd=1e-4, bs=2048, 
             total += loss.detach() * len(r[batch])  # stays on the device: one sync per epoch, not per step
         train_loss, valid_loss = total.item() / n, evaluate(model, valid)
         if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
-            raise CollabError(f"the loss became NaN in epoch {epoch}; try a lower learning rate, e.g. --lr {lr_max / 10:g}")
+            raise CollabError(f"the loss became NaN in epoch {epoch}; try a lower learning rate than --lr {lr_max:g}"
+                              " (--lr-find suggests one)")
         history.append(dict(epoch=epoch, train_loss=train_loss, valid_loss=valid_loss,
                             time=time.perf_counter() - start))
         log(f"{epoch:<7}{train_loss:<12.6f}{valid_loss:<12.6f}{history[-1]['time']:.2f}")
@@ -377,7 +375,7 @@ class Collab:
         order = self.model.item_bias.detach().cpu().argsort().numpy()
         return [self.title(i) for i in order[:n]], [self.title(i) for i in order[::-1][:n]]
 
-    def similar(self, title, n=5):
+    def similar(self, title, n=5, min_ratings=0):
         """The n items whose factors point the same way as this title's (cosine similarity)."""
         names = [self.title(i) for i in range(len(self.items))]
         if title not in names:
@@ -387,6 +385,7 @@ class Collab:
         idx = names.index(title)
         sims = F.cosine_similarity(factors, factors[idx][None], dim=1)  # (n_items,)
         sims[idx] = -math.inf  # not itself
+        sims[np.bincount(self.rated, minlength=len(names)) < min_ratings] = -math.inf  # rarely rated: noise
         return [names[i] for i in sims.topk(n).indices]
 
     def pca(self, n_components=3, n_top=1000):
@@ -551,7 +550,7 @@ def report(c, args):
         user = as_id(args.recommend, c.users)
         print(f"top {args.top} for user {user}:\n" + lines(f"{r:.2f}  {t}" for t, r in c.recommend(user, args.top)))
     if args.similar is not None:
-        print(f"most like {args.similar}:\n" + lines(c.similar(args.similar)))
+        print(f"most like {args.similar}:\n" + lines(c.similar(args.similar, min_ratings=20)))
     if args.plot:
         plot_pca(c, args.plot)
         print(f"saved the PCA plot to {args.plot}")
@@ -561,8 +560,9 @@ def report(c, args):
         low, high = c.biases()
         print(f"\nhighest item bias (liked even by those whose taste they don't match):\n{lines(high)}")
         print(f"lowest item bias (disliked even by those whose taste they match):\n{lines(low)}")
-    if "Silence of the Lambs, The (1991)" in c.titles.values():
-        print(f"most like Silence of the Lambs, The (1991):\n{lines(c.similar('Silence of the Lambs, The (1991)'))}")
+    lambs = "Silence of the Lambs, The (1991)"
+    if lambs in c.titles.values():
+        print(f"most like {lambs}:\n{lines(c.similar(lambs, min_ratings=20))}")
     comps, top = c.pca(2)
     for k in range(2):
         order = comps[:, k].argsort().numpy()
