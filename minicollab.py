@@ -348,6 +348,10 @@ class Collab:
         """Add a user who was not in training from a few (item, rating) pairs: fit only their own parameters."""
         if user in set(self.users.ids.tolist()):
             raise CollabError(f"user {user!r} is already in the model")
+        if (np.asarray(user).dtype.kind in "UO") != (self.users.ids.dtype.kind in "UO"):
+            raise CollabError(f"user {user!r} is a {type(user).__name__}, unlike the ids in the model")
+        if len(items) != len(ratings) or len(items) == 0:
+            raise CollabError(f"fold_in needs one rating per item, got {len(items)} items and {len(ratings)} ratings")
         i = torch.as_tensor(self.items.encode(items))
         r = torch.as_tensor(np.asarray(ratings, dtype=np.float32))
         m = self.model.eval()
@@ -357,14 +361,16 @@ class Collab:
             p.requires_grad_(False)
         dev = params[0].device
         i, r, u, opt = i.to(dev), r.to(dev), u.to(dev), Adam(params)
-        for _ in range(steps):
-            F.mse_loss(m(u, i), r).backward()
-            add_weight_decay(params, wd)
-            for p in params:
-                p.grad[:-1] = 0  # only the new row learns; Adam leaves the others exactly as they were
-            opt.step(lr, 0.9)
-        for p in frozen:
-            p.requires_grad_(True)
+        try:
+            for _ in range(steps):
+                F.mse_loss(m(u, i), r).backward()
+                add_weight_decay(params, wd)
+                for p in params:
+                    p.grad[:-1] = 0  # only the new row learns; Adam leaves the others exactly as they were
+                opt.step(lr, 0.9)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
         self.users.add(user)
         self.config["new_users"] = self.config.get("new_users", 0) + 1
         self.rated = np.append(self.rated, i.cpu().numpy())
@@ -379,14 +385,14 @@ class Collab:
         """The n items whose factors point the same way as this title's (cosine similarity)."""
         names = [self.title(i) for i in range(len(self.items))]
         if title not in names:
-            close = difflib.get_close_matches(title, names, n=3)
+            close = [t for t in names if t.lower().startswith(title.lower())][:3] or difflib.get_close_matches(title, names, 3)
             raise CollabError(f"no title {title!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ""))
         factors = self.model.item_factors.detach().cpu()
         idx = names.index(title)
         sims = F.cosine_similarity(factors, factors[idx][None], dim=1)  # (n_items,)
         sims[idx] = -math.inf  # not itself
         sims[np.bincount(self.rated, minlength=len(names)) < min_ratings] = -math.inf  # rarely rated: noise
-        return [names[i] for i in sims.topk(n).indices]
+        return [names[i] for i in sims.topk(min(n, int(torch.isfinite(sims).sum()))).indices]
 
     def pca(self, n_components=3, n_top=1000):
         """Principal components of the factors of the n_top most-rated items: (components, item indices)."""
@@ -413,7 +419,8 @@ class Collab:
         """Read a file written by save(); weights_only=True, so no pickled code can run."""
         try:
             ck = torch.load(path, map_location=device, weights_only=True)
-            assert ck["format"] == "minicollab-1" and ck["digest"] == _digest(ck["state"])
+            if ck["format"] != "minicollab-1" or ck["digest"] != _digest(ck["state"]):
+                raise ValueError("not our format, or the weights were edited")
             model = make_model(**ck["config"]["model"])
             add_user_rows(model, ck["config"].get("new_users", 0))
             model.to(device).load_state_dict(ck["state"])

@@ -25,7 +25,7 @@ from torch import nn
 import data_fetch
 import minicollab
 from data_fetch import DataError, cache_dir, load_movielens
-from minicollab import (DEFAULTS, Adam, CollabError, CollabNN, DotProductBias, IdMap, add_weight_decay,
+from minicollab import (DEFAULTS, Adam, Collab, CollabError, CollabNN, DotProductBias, IdMap, add_weight_decay,
                         create_params, emb_sz, fit_one_cycle, lr_find, one_cycle, parse_args, read_ratings,
                         sigmoid_range, split)
 
@@ -503,6 +503,333 @@ def test_import_prints_nothing_downloads_nothing_and_leaves_cuda_alone(tmp_path)
     assert not (tmp_path / "cache").exists()
 
 
+# ---- minicollab.py: using the trained model ---------------------------------------------------------------------
+
+TITLES4 = {"a": "Alien (1979)", "b": "Brazil (1985)", "c": "Casablanca (1942)", "d": "Dune (1984)"}
+TINY_CONFIG = dict(model=dict(kind="dot", n_users=3, n_items=4, n_factors=2, layers=(100, 50), y_range=(0, 5.5)))
+
+
+def tiny_collab(kind="dot", rated=((0, 0), (0, 1), (1, 2))):
+    """Users 10, 20, 30 x items 'a'..'d' with hand-set weights; user 10 rated a and b, 20 rated c, 30 nothing."""
+    torch.manual_seed(0)
+    model = minicollab.make_model(kind, 3, 4, 2)
+    if kind == "dot":
+        with torch.no_grad():
+            model.user_factors[:] = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, -0.5]])
+            model.user_bias[:] = torch.tensor([0.1, -0.2, 0.0])
+            model.item_factors[:] = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0], [-1.0, 0.5]])
+            model.item_bias[:] = torch.tensor([0.3, -0.1, 0.0, 0.2])
+    config = copy.deepcopy(TINY_CONFIG)
+    config["model"]["kind"] = kind
+    rated_users, rated_items = zip(*rated) if rated else ((), ())
+    return Collab(model, config, IdMap([10, 20, 30]), IdMap(list("abcd")), dict(TITLES4), rated_users, rated_items)
+
+
+def rated_by(c, user):
+    """The raw item ids a user rated in training, read from the CSR arrays."""
+    u = c.users.encode([user])[0]
+    return set(c.items.decode(c.rated[c.ptr[u]:c.ptr[u + 1]]).tolist())
+
+
+def test_predict_on_raw_ids_is_the_formula_by_hand():
+    c = tiny_collab()
+    got = c.predict([10, 30, 20], ["a", "d", "c"])
+    uf, ub, itf, ib = (p.detach().numpy() for p in (c.model.user_factors, c.model.user_bias,
+                                                      c.model.item_factors, c.model.item_bias))
+    u, i = [0, 2, 1], [0, 3, 2]
+    assert got.shape == (3,) and np.allclose(got, 5.5 / (1 + np.exp(-((uf[u] * itf[i]).sum(1) + ub[u] + ib[i]))))
+    assert got[0] == pytest.approx(5.5 / (1 + math.exp(-2.4)))  # (1, 0) . (2, 0) + 0.1 + 0.3 = 2.4
+    # the same model under string user ids and integer item ids gives the same numbers
+    s = Collab(c.model, c.config, IdMap(["ann", "bob", "cy"]), IdMap([1, 2, 3, 4]), {}, [], [])
+    assert np.array_equal(s.predict(["ann", "cy", "bob"], [1, 4, 3]), got)
+
+
+@pytest.mark.parametrize("users, items, message", [
+    ([99], ["a"], "unknown id 99"), ([10], ["z"], "unknown id 'z'"),
+    (["10"], ["a"], "id '10' is a str, but these ids are numbers"),
+    ([10], [1], "id 1 is a int, but these ids are strings")])
+def test_predict_unknown_or_wrong_type_id_is_a_key_error_naming_it(users, items, message):
+    with pytest.raises(KeyError) as e:
+        tiny_collab().predict(users, items)
+    assert e.value.args[0] == message
+
+
+def test_recommend_skips_rated_items_and_follows_the_predicted_order():
+    c = tiny_collab()
+    # by hand, user . item + biases: user 10 on c 1.1, d -0.7; user 30 on a 1.3, c 0, d -0.55, b -1.1
+    assert [t for t, _ in c.recommend(10)] == [TITLES4["c"], TITLES4["d"]]
+    assert [t for t, _ in c.recommend(30, n=3)] == [TITLES4[k] for k in "acd"]
+    by_title = {t: k for k, t in TITLES4.items()}
+    for user in (10, 20, 30):
+        for n in (1, 2, 10):
+            recs = c.recommend(user, n)
+            ids, scores = [by_title[t] for t, _ in recs], [r for _, r in recs]
+            assert len(recs) == min(n, 4 - len(rated_by(c, user))) and not rated_by(c, user) & set(ids)
+            assert scores == sorted(scores, reverse=True)
+            assert np.array_equal(np.float32(scores), c.predict([user] * len(ids), ids))
+    with pytest.raises(KeyError, match="unknown id 99"):
+        c.recommend(99)
+
+
+def test_recommend_for_a_user_who_rated_everything_is_empty():
+    c = tiny_collab(rated=[(0, i) for i in range(4)])
+    assert rated_by(c, 10) == set("abcd") and c.recommend(10) == [] and len(c.recommend(20)) == 4
+
+
+@pytest.mark.parametrize("str_users", [False, True], ids=["int-users", "str-users"])
+def test_save_load_predicts_bit_identically_without_the_data(tmp_path, str_users):
+    c = tiny_collab()
+    if str_users:  # and integer item ids with integer title keys, as MovieLens has
+        c = Collab(c.model, c.config, IdMap(["ann", "bob", "cy"]), IdMap([1, 2, 3, 4]),
+                   {1: "Alien (1979)", 2: "Brazil (1985)"}, [0, 0, 1], [0, 1, 2])
+    c.save(tmp_path / "m.pt")
+    assert os.listdir(tmp_path) == ["m.pt"]  # no .partial left behind
+    d = Collab.load(tmp_path / "m.pt")
+    users, items = np.repeat(c.users.ids, 4), np.tile(c.items.ids, 3)  # every pair
+    assert np.array_equal(d.predict(users, items), c.predict(users, items))
+    assert all(torch.equal(v, d.model.state_dict()[k]) for k, v in c.model.state_dict().items())
+    assert [d.recommend(u, 10) for u in c.users.ids] == [c.recommend(u, 10) for u in c.users.ids]  # rated survive
+    assert d.titles == c.titles and [type(k) for k in d.titles] == [type(k) for k in c.titles]
+    for a, b in ((d.users, c.users), (d.items, c.items)):
+        assert a.ids.tolist() == b.ids.tolist() and a.ids.dtype.kind == b.ids.dtype.kind  # int stays int, str str
+    assert type(d.model) is DotProductBias and d.config == c.config
+
+
+class Payload:
+    """Unpickling this calls os.mkdir: what a malicious model file could do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_load_uses_weights_only_so_a_pickled_object_never_runs(tmp_path):
+    tiny_collab().save(tmp_path / "m.pt")
+    ck = torch.load(tmp_path / "m.pt", weights_only=True)
+    ck["config"]["extra"] = Payload(str(tmp_path / "it-ran"))
+    torch.save(ck, tmp_path / "evil.pt")
+    with pytest.raises(CollabError, match="evil.pt is not a valid minicollab model file"):
+        Collab.load(tmp_path / "evil.pt")
+    assert not (tmp_path / "it-ran").exists()
+    torch.load(tmp_path / "evil.pt", weights_only=False)  # the file is armed: a plain load runs it
+    assert (tmp_path / "it-ran").is_dir()
+
+
+def edited_copy(good, path, digest=False):
+    """good's weights with one value changed, saved to path; with digest=True the SHA-256 is updated too."""
+    ck = torch.load(good, weights_only=True)
+    ck["state"]["item_bias"][2] += 1e-3
+    if digest:
+        ck["digest"] = minicollab._digest(ck["state"])
+    torch.save(ck, path)
+    return path
+
+
+def test_load_of_a_bad_file_is_a_one_line_collab_error(tmp_path):
+    good = tmp_path / "good.pt"
+    tiny_collab().save(good)
+    raw = good.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(raw[:len(raw) // 2])
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(len(raw)))
+    torch.save({"format": "minicollab-1"}, tmp_path / "other.pt")  # a valid torch file, but not a model
+    edited_copy(good, tmp_path / "edited.pt")
+    for name in ("truncated.pt", "random.pt", "other.pt", "edited.pt", "missing.pt"):
+        with pytest.raises(CollabError) as e:
+            Collab.load(tmp_path / name)
+        msg = str(e.value)
+        assert str(tmp_path / name) in msg and "\n" not in msg
+        assert ("no model file at" if name == "missing.pt" else "is not a valid minicollab model file") in msg
+    # it is the digest that catches the edit: with the digest updated, the edited weights load and predict otherwise
+    resigned = Collab.load(edited_copy(good, tmp_path / "resigned.pt", digest=True))
+    assert resigned.predict([30], ["c"])[0] != Collab.load(good).predict([30], ["c"])[0]
+
+
+def test_edited_weights_are_caught_under_python_dash_o(tmp_path):
+    good = tmp_path / "good.pt"
+    tiny_collab().save(good)
+    source = HERE / "minicollab.py"
+    optimized = {"__name__": "minicollab_under_dash_o"}  # the module as `python -O` compiles it: asserts removed
+    exec(compile(source.read_text(), str(source), "exec", optimize=1), optimized)
+    with pytest.raises(optimized["CollabError"], match="not a valid minicollab model file"):
+        optimized["Collab"].load(edited_copy(good, tmp_path / "edited.pt"))
+
+
+def zero_user_predictions(model, items):
+    """What a user with zero factors and zero bias gets: the items' biases alone, via add_user_rows."""
+    model = copy.deepcopy(model)
+    minicollab.add_user_rows(model, 1)
+    with torch.no_grad():
+        return model(torch.full_like(items, len(model.user_factors) - 1), items).numpy()
+
+
+@pytest.mark.parametrize("kind", ["dot", "nn"])
+def test_fold_in_lowers_the_new_users_error_and_leaves_everyone_else_alone(kind):
+    c = tiny_collab(kind)
+    before = {k: v.clone() for k, v in c.model.state_dict().items()}
+    items, ratings = ["a", "b", "d"], np.float32([5.0, 1.0, 4.0])
+    zero_row = zero_user_predictions(c.model, torch.as_tensor(c.items.encode(items)))
+    if kind == "dot":  # a zero row is the items' biases alone, computed another way
+        assert np.allclose(zero_row, sigmoid_range(before["item_bias"][[0, 1, 3]], 0, 5.5).numpy())
+    c.fold_in(40, items, ratings)
+    mse_before, mse_after = ((zero_row - ratings) ** 2).mean(), ((c.predict([40] * 3, items) - ratings) ** 2).mean()
+    assert mse_after < (0.5 if kind == "dot" else 1) * mse_before  # an untrained MLP barely listens to the user
+    after = c.model.state_dict()
+    assert after["user_factors"].shape[0] == 4 and c.users.ids.tolist() == [10, 20, 30, 40]
+    for k, v in before.items():  # the trained users' rows, every item, the MLP: bit-identical
+        assert torch.equal(after[k][:len(v)], v), k
+    assert all(p.requires_grad for p in c.model.parameters())  # unfrozen again, ready to train on
+    assert rated_by(c, 40) == set(items) and [t for t, _ in c.recommend(40)] == [TITLES4["c"]]
+    with pytest.raises(CollabError, match="user 20 is already in the model"):
+        c.fold_in(20, ["a"], [3.0])
+
+
+@pytest.mark.parametrize("kind", ["dot", "nn"])
+def test_save_after_fold_in_keeps_the_new_user(tmp_path, kind):
+    c = tiny_collab(kind)
+    c.fold_in(40, ["a", "d"], [5.0, 2.0])
+    c.save(tmp_path / "m.pt")
+    d = Collab.load(tmp_path / "m.pt")
+    assert d.users.ids.tolist() == [10, 20, 30, 40] and rated_by(d, 40) == {"a", "d"}
+    assert np.array_equal(d.predict([40] * 4, list("abcd")), c.predict([40] * 4, list("abcd")))
+    assert d.recommend(40) == c.recommend(40) and len(d.recommend(40)) == 2
+    d.fold_in(50, ["b"], [1.0])  # and a loaded model takes another
+    d.save(tmp_path / "m.pt")
+    assert Collab.load(tmp_path / "m.pt").users.ids.tolist() == [10, 20, 30, 40, 50]
+
+
+def test_fold_in_of_a_user_id_of_the_wrong_type_is_refused():
+    c = tiny_collab()
+    with pytest.raises((CollabError, KeyError), match="'40' is a str"):
+        c.fold_in("40", ["a"], [4.0])
+    assert c.users.ids.tolist() == [10, 20, 30] and c.predict([10], ["a"]).shape == (1,)
+
+
+def test_a_fold_in_with_more_items_than_ratings_is_refused_and_changes_nothing():
+    c = tiny_collab()
+    for ratings in ([5.0, 1.0], [5.0]):  # the second would broadcast silently
+        with pytest.raises(CollabError, match="ratings"):
+            c.fold_in(40, ["a", "b", "c"], ratings)
+        assert c.model.user_factors.shape == (3, 2) and all(p.requires_grad for p in c.model.parameters())
+
+
+def test_cosine_neighbours_put_an_items_copy_first():
+    c = tiny_collab()  # a (2, 0), b (0, 2), c (1, 1), d (-1, 0.5)
+    with torch.no_grad():
+        c.model.item_factors[3] = c.model.item_factors[1]  # Dune is now a copy of Brazil
+    assert c.similar(TITLES4["b"], n=3) == [TITLES4[k] for k in "dca"]  # cosines 1, 0.71, 0
+    assert c.similar(TITLES4["d"], n=1) == [TITLES4["b"]]
+    with torch.no_grad():
+        c.model.item_factors[3] = 3 * c.model.item_factors[0]  # a longer copy of Alien points the same way
+    f = c.model.item_factors.detach().numpy()
+    cos = f @ f[0] / np.linalg.norm(f, axis=1) / np.linalg.norm(f[0])
+    assert c.similar(TITLES4["a"], n=3) == [TITLES4["abcd"[i]] for i in np.argsort(-cos[1:], kind="stable") + 1]
+    assert c.similar(TITLES4["a"], n=3)[0] == TITLES4["d"]
+
+
+def test_similar_unknown_title_suggests_close_matches():
+    with pytest.raises(CollabError, match=r"^no title 'Alein \(1979\)'; did you mean 'Alien \(1979\)'\?$"):
+        tiny_collab().similar("Alein (1979)")
+    with pytest.raises(CollabError, match=r"^no title 'Zardoz'$"):
+        tiny_collab().similar("Zardoz")
+
+
+def test_similar_lists_only_other_items_rated_often_enough():
+    c = tiny_collab()  # rated in training: a and b once each, c once, d never; cosines to a: b 0, c 0.71
+    assert c.similar(TITLES4["a"], n=3, min_ratings=1) == [TITLES4["c"], TITLES4["b"]]  # not d (rare), not a
+    assert c.similar(TITLES4["a"], min_ratings=20) == []  # the command line's setting, on a small data set
+    assert len(c.similar(TITLES4["a"])) == 3  # n=5, four items: three others, not a RuntimeError
+
+
+def test_biases_order_titles_by_item_bias():
+    c = tiny_collab()  # item_bias: a 0.3, b -0.1, c 0.0, d 0.2
+    assert c.biases(n=2) == ([TITLES4["b"], TITLES4["c"]], [TITLES4["a"], TITLES4["d"]])
+    low, high = c.biases(n=10)
+    assert low == [TITLES4[k] for k in "bcda"] and high == low[::-1]
+
+
+def test_pca_of_the_most_rated_items_centred_first_component_largest():
+    torch.manual_seed(0)
+    model = DotProductBias(5, 20, n_factors=4)
+    with torch.no_grad():
+        model.item_factors.mul_(torch.tensor([5.0, 1.0, 0.2, 3.0]))  # spreads of different sizes
+    rated = [(u, j) for j in range(20) for u in range(j // 4)]  # item j rated by j // 4 users: 16..19 most
+    c = Collab(model, TINY_CONFIG, IdMap(range(5)), IdMap(range(20)), {}, *zip(*rated))
+    comps, top = c.pca(3, n_top=8)
+    assert comps.shape == (8, 3) and sorted(top[:4]) == [16, 17, 18, 19] and sorted(top[4:]) == [12, 13, 14, 15]
+    f = model.item_factors.detach().numpy()[top]
+    f = f - f.mean(0)
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    assert np.allclose(np.abs(comps.numpy()), np.abs(u[:, :3] * s[:3]), atol=1e-5)  # up to each axis's sign
+    var = comps.var(0)
+    assert np.allclose(comps.mean(0).numpy(), 0, atol=1e-5) and var[0] == var.max() and (var.diff() < 0).all()
+    assert torch.allclose(var * 7, torch.tensor(s[:3] ** 2), rtol=1e-4)  # variance = singular value^2 / (n - 1)
+
+
+@pytest.fixture
+def saved_model(tmp_path, capsys):
+    """Trained 1 epoch on 40 users x 8 titled items (movies.csv beside), saved, the data deleted.
+
+    Every user rated items 1-6; only users 1-5 rated items 7 and 8 (too few for --similar's min_ratings=20)."""
+    rows = "".join(f"{u},{i},{1 + u * i % 5}\n" for u in range(1, 41) for i in range(1, 9) if i <= 6 or u <= 5)
+    ratings = write(tmp_path / "ratings.csv", "userId,movieId,rating\n" + rows)
+    movies = write(tmp_path / "movies.csv", "movieId,title,genres\n" + "".join(
+        f"{i},{t},Drama\n" for i, t in enumerate(["Alien (1979)", "Brazil (1985)", "Casablanca (1942)", "Dune (1984)",
+                                                  "Eraserhead (1977)", "Fargo (1996)", "Gattaca (1997)", "Heat (1995)"],
+                                                 1)))
+    code, out, err = run_main(["--ratings", str(ratings), "--epochs", "1", "--device", "cpu",
+                               "--save", str(tmp_path / "m.pt")], capsys)
+    assert code == 0 and f"saved the model to {tmp_path / 'm.pt'}" in out
+    ratings.unlink()
+    movies.unlink()  # the file alone is enough
+    return tmp_path / "m.pt"
+
+
+def test_command_line_load_and_recommend(saved_model, capsys):
+    code, out, err = run_main(["--load", str(saved_model), "--recommend", "10", "--top", "2"], capsys)
+    lines = out.splitlines()
+    assert (code, err, lines[0], len(lines)) == (0, "", "top 2 for user 10:", 3)
+    expected = Collab.load(saved_model).recommend(10, 2)
+    assert [line.split(maxsplit=1) for line in lines[1:]] == [[f"{r:.2f}", t] for t, r in expected]
+    assert all(t.endswith(")") for t, _ in expected)  # titles, not ids
+
+
+def test_command_line_unknown_user_and_bad_model_file_are_one_line_errors(saved_model, tmp_path, capsys):
+    code, _, err = run_main(["--load", str(saved_model), "--recommend", "99"], capsys)
+    assert error_line(code, err) == "error: unknown id 99\n"
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a model" * 100)
+    code, _, err = run_main(["--load", str(garbage), "--recommend", "3"], capsys)
+    assert f"{garbage} is not a valid minicollab model file" in error_line(code, err)
+
+
+def test_command_line_similar_by_title(saved_model, capsys):
+    code, out, err = run_main(["--load", str(saved_model), "--similar", "Fargo (1996)"], capsys)
+    lines = out.splitlines()
+    assert (code, err, lines[0]) == (0, "", "most like Fargo (1996):")
+    c = Collab.load(saved_model)
+    f = c.model.item_factors.detach().numpy()
+    cos = f @ f[5] / np.linalg.norm(f, axis=1) / np.linalg.norm(f[5])  # Fargo is item 6, index 5
+    assert [line.strip() for line in lines[1:]] == [c.title(i) for i in np.argsort(-cos[:5])]  # items 1-5 only
+    code, _, err = run_main(["--load", str(saved_model), "--similar", "Frago (1996)"], capsys)
+    assert error_line(code, err).startswith("error: no title 'Frago (1996)'; did you mean 'Fargo (1996)'")
+
+
+def test_command_line_plot_writes_a_png(saved_model, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    code, out, err = run_main(["--load", str(saved_model), "--plot", str(tmp_path / "pca.png")], capsys)
+    assert code == 0 and f"saved the PCA plot to {tmp_path / 'pca.png'}" in out
+    assert (tmp_path / "pca.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_command_line_plot_without_matplotlib_says_so(saved_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails, installed or not
+    code, _, err = run_main(["--load", str(saved_model), "--plot", str(tmp_path / "pca.png")], capsys)
+    assert "--plot needs matplotlib: pip install matplotlib" in error_line(code, err)
+    assert not (tmp_path / "pca.png").exists()
+
+
 # ---- data_fetch.py: every source, fault and rule of the cache, on tiny zips served from 127.0.0.1 ----------
 
 # a 4-rating MovieLens-100k by hand, in both layouts: GroupLens's u.data/u.item and recbole's .inter/.item
@@ -912,8 +1239,8 @@ def test_real_grouplens_zip_matches_the_wheel(tmp_path):
     assert zipped["titles"] == wheel["titles"]
 
 
-# ---- end to end: the one test on the real MovieLens-100k (data_fetch.py, then minicollab's defaults) -----------
-# About 1-2 s of training on a CPU, plus a ~1 s wheel fetch on a machine with an empty cache.
+# ---- end to end: the tests on the real MovieLens-100k (data_fetch.py, then minicollab's defaults) --------------
+# About 1-2 s of training on a CPU and ~9 s of folding in 94 users, plus a ~1 s wheel fetch on an empty cache.
 
 def test_end_to_end_ml100k_valid_mse_at_most_0_83():
     d = load_movielens(quiet=True)
@@ -931,3 +1258,43 @@ def test_end_to_end_ml100k_valid_mse_at_most_0_83():
     history = fit_one_cycle(model, train, valid, cfg["epochs"], cfg["lr"], cfg["wd"], cfg["bs"], seed, log=print)
     assert len(history) == cfg["epochs"] == args.epochs and len(valid[2]) == 20_000
     assert history[-1]["valid_loss"] <= 0.83
+
+
+def test_end_to_end_ml100k_fold_in_beats_the_items_biases_alone():
+    d = load_movielens(quiet=True)
+    users, items, ratings = d["user"], d["item"], d["rating"]
+    rng = np.random.default_rng(0)
+    held_out = rng.choice(np.unique(users), 94, replace=False)  # 10% of the 943 users, never seen in training
+    seen = ~np.isin(users, held_out)
+    user_map, item_map = IdMap(users[seen]), IdMap(items)
+    data = [torch.as_tensor(a) for a in (user_map.encode(users[seen]), item_map.encode(items[seen]), ratings[seen])]
+    train, valid = split_data(data, 0)
+    cfg = DEFAULTS["dot"]
+    torch.manual_seed(0)
+    model = DotProductBias(len(user_map), len(item_map), 50, (0, 5.5))
+    fit_one_cycle(model, train, valid, cfg["epochs"], cfg["lr"], cfg["wd"], cfg["bs"], 0, log=lambda s: None)
+    config = dict(model=dict(kind="dot", n_users=len(user_map), n_items=len(item_map), n_factors=50,
+                             layers=(100, 50), y_range=(0, 5.5)))
+    trained = Collab(model, config, user_map, item_map, d["titles"], train[0].numpy(), train[1].numpy())
+    with torch.no_grad():
+        average_user = model.user_factors.mean(0), model.user_bias.mean()  # (n_factors,), ()
+    se, n = dict(fold_in=0.0, biases=0.0, average=0.0), 0
+    for user in held_out:
+        rows = rng.permutation(np.flatnonzero(users == user))
+        given, rest = rows[:10], rows[10:]  # fold in from 10 ratings, score on the others (ML-100k: >= 20 each)
+        c = copy.deepcopy(trained)
+        c.fold_in(int(user), items[given], ratings[given])
+        i = torch.as_tensor(item_map.encode(items[rest]))
+        with torch.no_grad():
+            preds = dict(fold_in=c.predict(np.full(len(rest), user), items[rest]),
+                         biases=sigmoid_range(model.item_bias[i], 0, 5.5).numpy(),  # zero factors and zero bias
+                         average=sigmoid_range(model.item_factors[i] @ average_user[0] + average_user[1]
+                                               + model.item_bias[i], 0, 5.5).numpy())
+        for k, p in preds.items():
+            se[k] += float(((p - ratings[rest]) ** 2).sum())
+        n += len(rest)
+    mse = {k: v / n for k, v in se.items()}
+    print(f"\nfold-in MSE {mse['fold_in']:.3f} | items' biases alone {mse['biases']:.3f} | "
+          f"average user {mse['average']:.3f} | {len(held_out)} users, {n:,} ratings")
+    assert len(c.users) == len(user_map) + 1 == 943 - 94 + 1  # each fold-in went to its own copy
+    assert mse["fold_in"] < mse["biases"]
