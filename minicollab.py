@@ -520,6 +520,8 @@ def load_data(args):
 
 def train(args):
     """Load, split and train as the flags say; return the Collab."""
+    if args.factors < 1 or min(args.layers) < 1:
+        raise CollabError(f"--factors and --layers must be positive (got {args.factors} and {args.layers})")
     users, items, ratings, titles = load_data(args)
     device = get_device(args.device)
     user_map, item_map = IdMap(users), IdMap(items)
@@ -561,7 +563,7 @@ def report(c, args):
     if args.plot:
         plot_pca(c, args.plot)
         print(f"saved the PCA plot to {args.plot}")
-    if args.recommend is not None or args.similar is not None or args.plot or args.load:
+    if args.recommend is not None or args.similar is not None or args.plot:
         return
     if hasattr(c.model, "item_bias"):
         low, high = c.biases()
@@ -571,7 +573,7 @@ def report(c, args):
     if lambs in c.titles.values():
         print(f"most like {lambs}:\n{lines(c.similar(lambs, min_ratings=20))}")
     comps, top = c.pca(2)
-    for k in range(2):
+    for k in range(comps.shape[1]):
         order = comps[:, k].argsort().numpy()
         print(f"principal component {k}: {' / '.join(c.title(top[i]) for i in order[:3])}  <->  "
               f"{' / '.join(c.title(top[i]) for i in order[-3:])}")
