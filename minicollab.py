@@ -418,7 +418,7 @@ class Collab:
     def load(cls, path, device="cpu"):
         """Read a file written by save(); weights_only=True, so no pickled code can run."""
         try:
-            ck = torch.load(path, map_location=device, weights_only=True)
+            ck = torch.load(path, map_location="cpu", weights_only=True)
             if ck["format"] != "minicollab-1" or ck["digest"] != _digest(ck["state"]):
                 raise ValueError("not our format, or the weights were edited")
             model = make_model(**ck["config"]["model"])

@@ -685,6 +685,15 @@ def test_fold_in_lowers_the_new_users_error_and_leaves_everyone_else_alone(kind)
         c.fold_in(20, ["a"], [3.0])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_model_saved_from_the_gpu_loads_onto_the_gpu_and_recommends_the_same(tmp_path):
+    c = tiny_collab()
+    c.model.cuda()
+    c.save(tmp_path / "m.pt")
+    d = Collab.load(tmp_path / "m.pt", "cuda")  # the CSR of rated items must stay on the CPU
+    assert next(d.model.parameters()).is_cuda and d.recommend(10, 2) == c.recommend(10, 2)
+
+
 @pytest.mark.parametrize("kind", ["dot", "nn"])
 def test_save_after_fold_in_keeps_the_new_user(tmp_path, kind):
     c = tiny_collab(kind)
