@@ -411,8 +411,12 @@ class Collab:
                     titles=[[k, v] for k, v in self.titles.items()],
                     rated=torch.as_tensor(self.rated), ptr=torch.as_tensor(self.ptr))
         tmp = Path(f"{path}.partial")
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(ckpt, tmp)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:  # torch reports a missing folder as a RuntimeError
+            tmp.unlink(missing_ok=True)
+            raise CollabError(f"cannot save the model to {path}: {e}") from None
 
     @classmethod
     def load(cls, path, device="cpu"):
@@ -590,6 +594,8 @@ def plot_pca(c, path, n=50):
     except ImportError:
         raise CollabError("--plot needs matplotlib: pip install matplotlib") from None
     comps, top = c.pca(3)
+    if comps.shape[1] < 3:
+        raise CollabError("--plot shows principal components 0 and 2: train with --factors 3 or more")
     fig, ax = plt.subplots(figsize=(12, 12))
     ax.scatter(comps[:n, 0], comps[:n, 2])
     for (x, _, y), i in zip(comps[:n].tolist(), top[:n]):
@@ -617,7 +623,7 @@ def main(argv=None):
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
+        print(f"error: {e.strerror or e}: {e.filename}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -468,6 +468,8 @@ def error_line(code, err):
     (["--epochs", "0"], "epochs=0"),
     (["--bs", "0"], "bs=0"),
     (["--lr", "-0.01"], "lr=-0.01"),
+    (["--factors", "0"], "--factors and --layers must be positive"),
+    (["--epochs", "1", "--save", "/no/such/dir/m.pt"], "cannot save the model to /no/such/dir/m.pt"),
 ])
 def test_command_line_bad_settings_are_one_line_errors(tiny_csv, capsys, flags, message):
     code, _, err = run_main(["--ratings", str(tiny_csv), "--device", "cpu", *flags], capsys)
