@@ -188,6 +188,13 @@ class CollabNN(nn.Module):
         return sigmoid_range(self.layers(x)[:, 0], *self.y_range)  # [:, 0]: (bs, 1) -> (bs,), never broadcast
 
 
+def make_model(kind, n_users, n_items, n_factors=50, layers=(100, 50), y_range=(0, 5.5)):
+    """DotProductBias for 'dot', CollabNN for 'nn'."""
+    if kind == "dot":
+        return DotProductBias(n_users, n_items, n_factors, y_range)
+    return CollabNN(n_users, n_items, layers, y_range=y_range)
+
+
 # -----------------------------------------------------------------------------
 # 4. Weight decay, added to the gradients by hand
 
@@ -432,12 +439,9 @@ class Collab:
             raise CollabError(f"no model file at {path}; train and save one with --save {path}") from None
         except Exception as e:  # truncated, tampered, or not ours at all
             raise CollabError(f"{path} is not a valid minicollab model file ({type(e).__name__}); save it again") from None
-        self = cls.__new__(cls)
-        self.model, self.config = model, ck["config"]
-        self.users, self.items = IdMap(ck["users"], unique=True), IdMap(ck["items"], unique=True)
-        self.titles = {k: v for k, v in ck["titles"]}
-        self.rated, self.ptr = ck["rated"].numpy(), ck["ptr"].numpy()
-        return self
+        ptr = ck["ptr"].numpy()
+        return cls(model, ck["config"], IdMap(ck["users"], unique=True), IdMap(ck["items"], unique=True),
+                   dict(ck["titles"]), np.repeat(np.arange(len(ptr) - 1), np.diff(ptr)), ck["rated"].numpy())
 
 
 def add_user_rows(model, n):
@@ -462,13 +466,6 @@ def _digest(state):
 
 # -----------------------------------------------------------------------------
 # 7. The command line
-
-def make_model(kind, n_users, n_items, n_factors=50, layers=(100, 50), y_range=(0, 5.5)):
-    """DotProductBias for 'dot', CollabNN for 'nn'."""
-    if kind == "dot":
-        return DotProductBias(n_users, n_items, n_factors, y_range)
-    return CollabNN(n_users, n_items, layers, y_range=y_range)
-
 
 DEFAULTS = dict(dot=dict(lr=1.5e-2, wd=1.5e-4, bs=2048, epochs=5), nn=dict(lr=5e-3, wd=1e-4, bs=2048, epochs=5))
 
