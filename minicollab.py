@@ -1,222 +1,104 @@
-"""minicollab: fastbook chapter 8, collaborative filtering from scratch, in one readable file.
+"""minicollab: fastbook chapter 8, collaborative filtering from scratch, in one file read in one sitting.
 
-Read it top to bottom: the data and its ids, tensors and batches, the models, weight decay,
-the one-cycle loop, using what was learned, then the command line. Only numpy and torch.
+The chapter's story in its order, then using the trained model, then the command line.
+Reading rating files and fetching MovieLens are data_fetch.py's work.
 """
 import argparse
-import csv
-import difflib
-import hashlib
+import importlib.util
 import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# ----------------------------------------------------------------------------
+# 1. The data and its ids
 
-class CollabError(Exception):
-    """A problem with the user's input or settings; its message says what to do."""
-
-
-# -----------------------------------------------------------------------------
-# 1. The data: raw ids (ints, strings, titles) to contiguous indices and back
 
 class IdMap:
-    """Raw ids <-> indices 0..n-1, vectorised. Unlike fastai, no '#na#' slot at index 0."""
+    """Raw ids (ints or strings) <-> indices 0..n-1. Unlike fastai, no '#na#': an unknown id is an error."""
 
-    def __init__(self, raw, unique=False):
-        self.ids = np.asarray(raw) if unique else np.unique(np.asarray(raw))  # index -> raw id
-        self.order = np.argsort(self.ids, kind="stable")  # sorts self.ids, for the binary search
-
-    def __len__(self):
-        return len(self.ids)
+    def __init__(self, ids, what):
+        self.ids, self.what = list(ids), what
+        self.o2i = {o: i for i, o in enumerate(self.ids)}  # fastai's name
 
     def encode(self, raw):
-        """Raw ids -> indices; an unknown id raises KeyError naming it (never a silent default)."""
-        raw = np.asarray(raw)
-        if raw.size and (raw.dtype.kind in "UO") != (self.ids.dtype.kind in "UO"):
-            kind = "strings" if self.ids.dtype.kind in "UO" else "numbers"
-            raise KeyError(f"id {raw.flat[0].item()!r} is a {type(raw.flat[0].item()).__name__}, but these ids are {kind}")
-        pos = np.searchsorted(self.ids, raw, sorter=self.order).clip(0, len(self.ids) - 1)
-        idx = self.order[pos]
-        bad = self.ids[idx] != raw
-        if np.any(bad):
-            raise KeyError(f"unknown id {raw[bad].flat[0].item()!r}")
-        return idx
-
-    def decode(self, idx):
-        """Indices -> raw ids."""
-        return self.ids[np.asarray(idx)]
-
-    def add(self, raw):
-        """Give a new raw id the next index."""
-        self.ids = np.append(self.ids, raw)
-        self.order = np.argsort(self.ids, kind="stable")
-
-
-def read_ratings(path, user_col=None, item_col=None, rating_col=None):
-    """A CSV or TSV file with a header -> (users, items, ratings) numpy arrays."""
-    path = Path(path)
-    if not path.is_file():
-        raise CollabError(f"no ratings file at {path}; give the path of a CSV/TSV file with a header")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        header = f.readline()
-        delim = "\t" if "\t" in header else ","
-        header = next(csv.reader([header], delimiter=delim))
-        rows = list(csv.reader(f, delimiter=delim))
-    names = [c or h for c, h in zip((user_col, item_col, rating_col), header + ["", "", ""])]
-    missing = [c for c in names if c not in header]
-    if missing:
-        raise CollabError(f"{path}: no column {missing[0]!r}; columns found: {', '.join(header)}"
-                          " (pick user, item and rating with --user-col, --item-col, --rating-col)")
-    cols = [header.index(c) for c in names]
-    if any(len(r) <= max(cols) for r in rows):
-        line = next(n for n, r in enumerate(rows, 2) if len(r) <= max(cols))
-        raise CollabError(f"{path}, line {line}: too few fields; every row needs {', '.join(names)}")
-    users, items, ratings = (np.array([r[c] for r in rows]) for c in cols)
-    try:
-        ratings = ratings.astype(np.float32)
-    except ValueError:
-        line = next(n for n, v in enumerate(rows, 2) if not _is_number(v[cols[2]]))
-        raise CollabError(f"{path}, line {line}: rating {rows[line - 2][cols[2]]!r} is not a number") from None
-    if np.isnan(ratings).any() or np.isinf(ratings).any():
-        line = int(np.flatnonzero(~np.isfinite(ratings))[0]) + 2
-        raise CollabError(f"{path}, line {line}: rating is {rows[line - 2][cols[2]]}; remove or fill that row")
-    return _as_numbers(users), _as_numbers(items), ratings
-
-
-def _is_number(s):
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def _as_numbers(a):
-    """Ids that are all integers become int64, so 10 sorts after 9; others stay strings."""
-    try:
-        return a.astype(np.int64)
-    except ValueError:
-        return a
-
-
-# -----------------------------------------------------------------------------
-# 2. Tensors on the device, a random split, and batches
-
-def get_device(name="auto"):
-    """'auto' is CUDA when there is a GPU, else CPU; asking for CUDA where there is none is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CollabError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise CollabError(f"--device {name!r} is not a device; use auto, cpu or cuda") from None
+        """Raw ids -> indices; an unknown id raises KeyError naming it."""
+        raw = np.atleast_1d(raw).tolist()
+        for o in raw:
+            if o not in self.o2i:
+                raise KeyError(f"unknown {self.what} {o!r}")
+        return np.array([self.o2i[o] for o in raw], dtype=np.int64)
 
 
 def split(n, valid_pct=0.2, seed=0):
-    """A random (train_idx, valid_idx) split of n rows, driven by one seed, like fastai's RandomSplitter."""
+    """A random (train, valid) split of n row indices, like fastai's RandomSplitter."""
     if n < 2:
-        raise CollabError(f"need at least two ratings to train and validate, got {n}")
-    if not 0 < valid_pct < 1:
-        raise CollabError(f"--valid-pct must be between 0 and 1, got {valid_pct}")
+        raise ValueError(f"need at least two ratings to train and validate, got {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_valid = min(max(1, round(n * valid_pct)), n - 1)
     return perm[n_valid:], perm[:n_valid]
 
+# ----------------------------------------------------------------------------
+# 2. Embeddings and create_params; sigmoid_range and DotProductBias
 
-# -----------------------------------------------------------------------------
-# 3. The models: sigmoid_range, create_params, DotProductBias, CollabNN
+
+def create_params(size):
+    """Parameters drawn from N(0, 0.01): the book's replacement for nn.Embedding."""
+    return nn.Parameter(torch.zeros(*size).normal_(0, 0.01))
+
 
 def sigmoid_range(x, lo, hi):
     """Squash x into (lo, hi)."""
     return torch.sigmoid(x) * (hi - lo) + lo
 
 
-def create_params(size):
-    """A tensor of parameters drawn from N(0, 0.01), the book's replacement for nn.Embedding."""
-    return nn.Parameter(torch.zeros(*size).normal_(0, 0.01))
-
-
 class DotProductBias(nn.Module):
-    """Rating = sigmoid_range(user . item + user bias + item bias)."""
+    """Rating = sigmoid_range(user . movie + user bias + movie bias)."""
 
-    def __init__(self, n_users, n_items, n_factors=50, y_range=(0, 5.5)):
+    def __init__(self, n_users, n_movies, n_factors=50, y_range=(0, 5.5)):
         super().__init__()
         self.user_factors = create_params([n_users, n_factors])
         self.user_bias = create_params([n_users])
-        self.item_factors = create_params([n_items, n_factors])
-        self.item_bias = create_params([n_items])
+        self.movie_factors = create_params([n_movies, n_factors])
+        self.movie_bias = create_params([n_movies])
         self.y_range = y_range
 
-    def forward(self, users, items):  # (bs,), (bs,) -> (bs,)
-        # Looking up rows is an embedding: the same as one-hot rows times the matrix. index_select(0, users)
-        # is the book's user_factors[users], in the form whose gradient is ~4x cheaper on a CPU.
-        uf, itf = self.user_factors.index_select(0, users), self.item_factors.index_select(0, items)  # (bs, n_factors)
-        res = (uf * itf).sum(dim=1) + self.user_bias.index_select(0, users) + self.item_bias.index_select(0, items)
+    def forward(self, x):  # x: (bs, 2) indices of (user, movie) -> (bs,)
+        users, movies = x[:, 0], x[:, 1]
+        # A lookup is a one-hot row times the matrix. index_select(0, users) is the book's
+        # user_factors[users], in the form whose gradient is several times cheaper on a CPU.
+        res = (self.user_factors.index_select(0, users) * self.movie_factors.index_select(0, movies)).sum(1)
+        res = res + self.user_bias.index_select(0, users) + self.movie_bias.index_select(0, movies)
         return sigmoid_range(res, *self.y_range)
 
+# ----------------------------------------------------------------------------
+# 3. Weight decay, added to the gradients by hand
 
-def emb_sz(n):
-    """fastai's rule of thumb for the width of an embedding of n categories."""
-    return min(600, round(1.6 * n ** 0.56))
-
-
-class CollabNN(nn.Module):
-    """Concatenated user and item embeddings through a small MLP, like fastai's EmbeddingNet."""
-
-    def __init__(self, n_users, n_items, layers=(100, 50), embed_p=0.0, p=0.0, y_range=(0, 5.5)):
-        super().__init__()
-        self.user_factors = create_params([n_users, emb_sz(n_users)])
-        self.item_factors = create_params([n_items, emb_sz(n_items)])
-        sizes = [emb_sz(n_users) + emb_sz(n_items), *layers]
-        mods = [nn.Dropout(embed_p)]
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            mods += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(p)]
-        self.layers = nn.Sequential(*mods, nn.Linear(sizes[-1], 1))
-        self.y_range = y_range
-
-    def forward(self, users, items):  # (bs,), (bs,) -> (bs,)
-        x = torch.cat([self.user_factors[users], self.item_factors[items]], dim=1)  # (bs, n_u + n_i)
-        return sigmoid_range(self.layers(x)[:, 0], *self.y_range)  # [:, 0]: (bs, 1) -> (bs,), never broadcast
-
-
-def make_model(kind, n_users, n_items, n_factors=50, layers=(100, 50), y_range=(0, 5.5)):
-    """DotProductBias for 'dot', CollabNN for 'nn'."""
-    if kind == "dot":
-        return DotProductBias(n_users, n_items, n_factors, y_range)
-    return CollabNN(n_users, n_items, layers, y_range=y_range)
-
-
-# -----------------------------------------------------------------------------
-# 4. Weight decay, added to the gradients by hand
 
 def add_weight_decay(params, wd):
     """Add wd * p to each gradient: the gradient of the L2 penalty wd/2 * sum(p**2)."""
-    # fastai's wd=0.1 is *decoupled* (AdamW shrinks p by lr*wd after the step). Added to the gradient
-    # instead, the decay is divided by Adam's sqrt(v) like the rest, so a far smaller wd does the same job.
+    # fastai's wd=0.1 is decoupled (AdamW shrinks p by lr*wd). Added to the gradient, the decay is
+    # divided by Adam's sqrt(v) like the rest, so a far smaller wd does the same job.
     with torch.no_grad():
         for p in params:
             p.grad.add_(p, alpha=wd)
 
+# ----------------------------------------------------------------------------
+# 4. The training loop: Adam, fastai's one-cycle schedule, and lr_find
 
-# -----------------------------------------------------------------------------
-# 5. The one-cycle training loop, written out
 
 class Adam:
-    """Adam written out, with fastai's defaults; its beta1 is the momentum that one-cycle schedules."""
+    """Adam written out, with fastai's defaults; beta1 is the momentum that one-cycle schedules."""
 
     def __init__(self, params, sqr_mom=0.99, eps=1e-5):
         self.params, self.sqr_mom, self.eps, self.t = list(params), sqr_mom, eps, 0
-        self.avg = [torch.zeros_like(p) for p in self.params]  # running mean of gradients
-        self.sqr = [torch.zeros_like(p) for p in self.params]  # running mean of squared gradients
+        self.avg = [torch.zeros_like(p) for p in self.params]  # running mean of the gradients
+        self.sqr = [torch.zeros_like(p) for p in self.params]  # and of their squares
 
     def step(self, lr, mom):
         self.t += 1
@@ -234,368 +116,339 @@ def one_cycle(pct, lr_max, div=25.0, div_final=1e5, pct_start=0.25, moms=(0.95, 
     def cos(start, end, p):
         return end + (start - end) / 2 * (1 + math.cos(math.pi * p))
     if pct < pct_start:  # warm up from lr_max/25 while momentum falls
-        p = pct / pct_start
-        return cos(lr_max / div, lr_max, p), cos(moms[0], moms[1], p)
+        return cos(lr_max / div, lr_max, pct / pct_start), cos(*moms[:2], pct / pct_start)
     p = (pct - pct_start) / (1 - pct_start)  # anneal to lr_max/1e5 while momentum climbs back
-    return cos(lr_max, lr_max / div_final, p), cos(moms[1], moms[2], p)
+    return cos(lr_max, lr_max / div_final, p), cos(*moms[1:], p)
 
 
-def evaluate(model, data, bs=65536):
-    """Mean squared error of the model on (users, items, ratings) tensors."""
-    model.eval()
-    users, items, ratings = data
+def train_step(model, opt, x, y, lr, mom, wd):
+    """One step on a batch: MSE loss, its gradients plus weight decay, Adam; returns the loss."""
+    loss = F.mse_loss(model(x), y)
+    loss.backward()
+    add_weight_decay(opt.params, wd)
+    opt.step(lr, mom)
+    return loss.detach()
+
+
+def evaluate(model, x, y, bs=65536):
+    """Mean squared error of the model on (n, 2) indices x and (n,) ratings y."""
     with torch.no_grad():
-        se = sum(((model(users[i:i + bs], items[i:i + bs]) - ratings[i:i + bs]) ** 2).sum()
-                 for i in range(0, len(ratings), bs))
-    return float(se) / len(ratings)
+        se = [((model.eval()(x[i:i + bs]) - y[i:i + bs]) ** 2).sum() for i in range(0, len(y), bs)]
+    return float(sum(se)) / len(y)
 
 
-def fit_one_cycle(model, train, valid, epochs=5, lr_max=1e-2, wd=1e-4, bs=2048, seed=0, log=print):
-    """Train with Adam on fastai's one-cycle schedule; print fastai's epoch table; return the history."""
-    if epochs < 1 or bs < 1 or not lr_max > 0 or not wd >= 0:
-        raise CollabError(f"epochs, bs and lr must be positive and wd not negative "
-                          f"(got epochs={epochs}, bs={bs}, lr={lr_max}, wd={wd})")
-    users, items, ratings = train
-    params = list(model.parameters())
-    opt = Adam(params)
-    gen = torch.Generator().manual_seed(seed)
-    n, steps = len(ratings), math.ceil(len(ratings) / bs)
-    history = []
+def fit_one_cycle(model, train, valid, epochs=5, lr_max=1.5e-2, wd=1.5e-4, bs=2048, seed=0, log=print,
+                  progress=None):
+    """Train with Adam on the one-cycle schedule, printing fastai's epoch table; returns the history."""
+    if not (epochs >= 1 and bs >= 1 and 0 < lr_max < math.inf and 0 <= wd < math.inf):
+        raise ValueError(f"need epochs, bs, lr_max > 0, wd >= 0; got {epochs}, {bs}, {lr_max}, {wd}")
+    x, y = train  # (n, 2) indices and (n,) ratings, already on the device
+    opt, gen, history = Adam(model.parameters()), torch.Generator().manual_seed(seed), []
+    steps = math.ceil(len(y) / bs)
     log(f"{'epoch':<7}{'train_loss':<12}{'valid_loss':<12}time")
     for epoch in range(epochs):
-        start = time.perf_counter()
+        start, total = time.perf_counter(), torch.zeros((), device=y.device)
+        perm = torch.randperm(len(y), generator=gen).to(y.device)
+        xs, ys = x[perm], y[perm]  # shuffled once; a batch is then a slice (no DataLoader)
         model.train()
-        perm = torch.randperm(n, generator=gen).to(ratings.device)
-        # The data already sits on the device: shuffle it once, then a batch is a slice, a view (no DataLoader).
-        u, i, r = users[perm], items[perm], ratings[perm]
-        total = torch.zeros((), device=ratings.device)
         for step in range(steps):
             lr, mom = one_cycle((epoch * steps + step) / (epochs * steps), lr_max)
-            batch = slice(step * bs, (step + 1) * bs)
-            loss = F.mse_loss(model(u[batch], i[batch]), r[batch])
-            loss.backward()
-            add_weight_decay(params, wd)
-            opt.step(lr, mom)
-            total += loss.detach() * len(r[batch])  # stays on the device: one sync per epoch, not per step
-        train_loss, valid_loss = total.item() / n, evaluate(model, valid)
-        if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
-            raise CollabError(f"the loss became NaN in epoch {epoch}; try a lower learning rate than --lr {lr_max:g}"
-                              " (--lr-find suggests one)")
-        history.append(dict(epoch=epoch, train_loss=train_loss, valid_loss=valid_loss,
-                            time=time.perf_counter() - start))
+            b = slice(step * bs, (step + 1) * bs)
+            total += train_step(model, opt, xs[b], ys[b], lr, mom, wd) * len(ys[b])  # no sync per step
+            if progress:
+                progress(step + 1, steps, time.perf_counter() - start)
+        train_loss, valid_loss = total.item() / len(y), evaluate(model, *valid)
+        if not math.isfinite(train_loss + valid_loss):
+            raise ValueError(f"the loss became NaN in epoch {epoch}; try a lower learning rate than {lr_max:g}")
+        history.append(dict(train_loss=train_loss, valid_loss=valid_loss, time=time.perf_counter() - start))
         log(f"{epoch:<7}{train_loss:<12.6f}{valid_loss:<12.6f}{history[-1]['time']:.2f}")
     return history
 
 
 def lr_find(model, train, start_lr=1e-7, end_lr=10, num_it=100, bs=2048, wd=0.0, seed=0):
-    """fastai's learning-rate finder: grow the lr exponentially, stop when the loss explodes.
-
-    Returns (suggested lr, lrs, smoothed losses); the model's weights are put back afterwards."""
-    users, items, ratings = train
-    saved = {k: v.clone() for k, v in model.state_dict().items()}
-    params = list(model.parameters())
-    opt = Adam(params)
-    gen = torch.Generator().manual_seed(seed)
-    lrs, losses, avg = [], [], 0.0
-    model.train()
+    """fastai's lr finder: grow the lr until the loss explodes; returns (suggestion, lrs, losses)."""
+    x, y = train
+    saved = {k: v.clone() for k, v in model.state_dict().items()}  # put back at the end
+    opt, gen, lrs, losses, avg = Adam(model.parameters()), torch.Generator().manual_seed(seed), [], [], 0.0
     for i in range(num_it):
-        lr = start_lr * (end_lr / start_lr) ** (i / (num_it - 1))
-        idx = torch.randint(len(ratings), (bs,), generator=gen).to(ratings.device)
-        loss = F.mse_loss(model(users[idx], items[idx]), ratings[idx])
-        loss.backward()
-        add_weight_decay(params, wd)
-        opt.step(lr, 0.9)
-        avg = 0.98 * avg + 0.02 * loss.item()  # fastai's exponentially smoothed, debiased loss
-        lrs.append(lr)
-        losses.append(avg / (1 - 0.98 ** (i + 1)))
+        lrs.append(start_lr * (end_lr / start_lr) ** (i / (num_it - 1)))
+        idx = torch.randint(len(y), (bs,), generator=gen).to(y.device)
+        avg = 0.98 * avg + 0.02 * train_step(model.train(), opt, x[idx], y[idx], lrs[-1], 0.9, wd).item()
+        losses.append(avg / (1 - 0.98 ** (i + 1)))  # fastai's smoothed, debiased loss
         if not math.isfinite(losses[-1]) or losses[-1] > 4 * min(losses):
             break
     model.load_state_dict(saved)
     return lrs[int(np.argmin(losses))] / 10, lrs, losses  # fastai's 'lr_min': a tenth of the best
 
+# ----------------------------------------------------------------------------
+# 5. Interpreting what was learned (c is a trained Collab, section 7; these are its methods)
 
-# -----------------------------------------------------------------------------
-# 6. Using and interpreting the trained model
+
+def biases(c, n=5):
+    """The titles with the lowest and the highest movie bias: disliked, or liked, whatever one's taste."""
+    order = [c.title(i) for i in c.model.movie_bias.detach().cpu().argsort().tolist()]
+    return order[:n], order[::-1][:n]
+
+
+def similar(c, title, n=5, min_ratings=20):
+    """The n titles whose factors point the same way as this one's, of items rated often enough."""
+    names = [c.title(i) for i in range(len(c.items.ids))]
+    if title not in names:
+        raise ValueError(f"no title {title!r}; titles look like {names[0]!r}")
+    factors, i = c.model.movie_factors.detach().cpu(), names.index(title)
+    sims = F.cosine_similarity(factors, factors[i][None], dim=1)  # (n_movies,)
+    counts = torch.bincount(c.rated % len(names), minlength=len(names))
+    sims[counts < min(min_ratings, counts.sort().values[-min(n + 1, len(names))])] = -math.inf  # noise
+    sims[i] = -math.inf  # not itself
+    return [names[j] for j in sims.topk(min(n, int(sims.isfinite().sum()))).indices]
+
+
+def pca(c, k=3, n_top=1000):
+    """The factors of the n_top most-rated movies on k principal components: (components, movies)."""
+    top = torch.bincount(c.rated % len(c.items.ids), minlength=len(c.items.ids)).argsort(descending=True)
+    factors = c.model.movie_factors.detach().cpu()[top[:n_top]]
+    factors = factors - factors.mean(0)
+    return factors @ torch.linalg.svd(factors, full_matrices=False)[2][:k].T, top[:n_top].tolist()
+
+# ----------------------------------------------------------------------------
+# 6. Deep learning for collaborative filtering
+
+
+def get_emb_sz(n_users, n_movies):
+    """fastai's rule of thumb for embedding widths: [(n_users, width), (n_movies, width)]."""
+    return [(n, min(600, round(1.6 * n ** 0.56))) for n in (n_users, n_movies)]
+
+
+class CollabNN(nn.Module):
+    """The book's CollabNN: embeddings concatenated, through fastai's configurable ReLU layers."""
+
+    def __init__(self, user_sz, item_sz, layers=(100, 50), p=0.0, y_range=(0, 5.5)):
+        super().__init__()
+        self.user_factors = create_params(user_sz)
+        self.movie_factors = create_params(item_sz)
+        sizes, mods = [user_sz[1] + item_sz[1], *layers], []
+        for a, b in zip(sizes, sizes[1:]):
+            mods += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(p)]
+        self.layers = nn.Sequential(*mods, nn.Linear(sizes[-1], 1))
+        self.y_range = y_range
+
+    def forward(self, x):  # x: (bs, 2) indices of (user, movie) -> (bs,)
+        embs = self.user_factors.index_select(0, x[:, 0]), self.movie_factors.index_select(0, x[:, 1])
+        x = self.layers(torch.cat(embs, dim=1))  # (bs, 1)
+        return sigmoid_range(x[:, 0], *self.y_range)  # (bs,): a (bs, 1) would broadcast against y
+
+# ----------------------------------------------------------------------------
+# 7. Using the trained model: predict, recommend, fold in a new user, save and load
+
 
 class Collab:
     """A trained model with what it takes to use it: the id maps, the titles, and who rated what."""
+    biases, similar, pca = biases, similar, pca  # section 5
 
-    def __init__(self, model, config, users, items, titles, rated_users, rated_items):
-        self.model, self.config, self.users, self.items, self.titles = model, config, users, items, titles
-        order = np.argsort(rated_users, kind="stable")  # CSR: user u rated self.rated[ptr[u]:ptr[u + 1]]
-        self.rated = np.asarray(rated_items, dtype=np.int64)[order]
-        self.ptr = np.searchsorted(np.asarray(rated_users)[order], np.arange(len(users) + 1))
+    def __init__(self, model, users, items, titles, rated):
+        self.model, self.users, self.items, self.titles = model, users, items, titles
+        self.rated = rated  # sorted tensor of user * n_items + item, for every rating in the data
 
     def title(self, i):
-        """The title of item index i, or its raw id when there are no titles."""
-        raw = self.items.decode(i).item()
-        return self.titles.get(raw, str(raw))
-
-    def _scores(self, u, i):
-        self.model.eval()
-        dev = next(self.model.parameters()).device
-        with torch.no_grad():
-            return self.model(torch.as_tensor(u).to(dev), torch.as_tensor(i).to(dev)).cpu()
+        """The title of item index i, or its raw id where there is none."""
+        return self.titles.get(self.items.ids[i], str(self.items.ids[i]))
 
     def predict(self, users, items):
-        """Predicted ratings for raw user and item ids; an unknown id raises KeyError naming it."""
-        return self._scores(self.users.encode(np.atleast_1d(users)), self.items.encode(np.atleast_1d(items))).numpy()
+        """Predicted ratings for raw user and item ids (broadcast); an unknown id raises KeyError."""
+        x = np.stack(np.broadcast_arrays(self.users.encode(users), self.items.encode(items)), 1)  # (n, 2)
+        with torch.no_grad():
+            return self.model.eval()(torch.as_tensor(x).to(self.model.user_factors.device)).cpu().numpy()
 
     def recommend(self, user, n=5):
-        """The n items a raw user id has not rated with the highest predicted rating: [(title, rating)]."""
-        u = int(self.users.encode([user])[0])
-        items = np.arange(len(self.items))
-        # Every item at once: for DotProductBias this is one product item_factors @ user_factors[u].
-        scores = self._scores(np.full_like(items, u), items)  # (n_items,)
-        scores[self.rated[self.ptr[u]:self.ptr[u + 1]]] = -math.inf  # not what they already rated
-        top = scores.topk(min(n, int(torch.isfinite(scores).sum())))
-        return [(self.title(i), float(r)) for r, i in zip(top.values, top.indices)]
+        """The n items this user has not rated, best predicted first: [(title, rating)]."""
+        scores = torch.as_tensor(self.predict(user, self.items.ids))  # (n_items,)
+        lo, hi = torch.searchsorted(self.rated, (self.users.encode(user)[0] + torch.arange(2)) * len(scores))
+        scores[self.rated[lo:hi] % len(scores)] = -math.inf  # never what they rated, train or valid
+        top = scores.topk(min(n, int(scores.isfinite().sum())))
+        return [(self.title(i), float(r)) for r, i in zip(top.values, top.indices.tolist())]
 
     def fold_in(self, user, items, ratings, steps=100, lr=0.05, wd=1.0):
-        """Add a user who was not in training from a few (item, rating) pairs: fit only their own parameters."""
-        if user in set(self.users.ids.tolist()):
-            raise CollabError(f"user {user!r} is already in the model")
-        if (np.asarray(user).dtype.kind in "UO") != (self.users.ids.dtype.kind in "UO"):
-            raise CollabError(f"user {user!r} is a {type(user).__name__}, unlike the ids in the model")
-        if len(items) != len(ratings) or len(items) == 0:
-            raise CollabError(f"fold_in needs one rating per item, got {len(items)} items and {len(ratings)} ratings")
-        i = torch.as_tensor(self.items.encode(items))
-        r = torch.as_tensor(np.asarray(ratings, dtype=np.float32))
-        m = self.model.eval()
-        params, u = add_user_rows(m, 1), torch.full_like(i, len(self.users))
-        frozen = [p for p in m.parameters() if all(p is not q for q in params)]
-        for p in frozen:  # the items (and the MLP) stay as trained
-            p.requires_grad_(False)
-        dev = params[0].device
-        i, r, u, opt = i.to(dev), r.to(dev), u.to(dev), Adam(params)
-        try:
-            for _ in range(steps):
-                F.mse_loss(m(u, i), r).backward()
-                add_weight_decay(params, wd)
-                for p in params:
-                    p.grad[:-1] = 0  # only the new row learns; Adam leaves the others exactly as they were
-                opt.step(lr, 0.9)
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
-        self.users.add(user)
-        self.config["new_users"] = self.config.get("new_users", 0) + 1
-        self.rated = np.append(self.rated, i.cpu().numpy())
-        self.ptr = np.append(self.ptr, len(self.rated))
-
-    def biases(self, n=5):
-        """(lowest, highest) item biases as titles: liked or disliked whatever the user's taste."""
-        order = self.model.item_bias.detach().cpu().argsort().numpy()
-        return [self.title(i) for i in order[:n]], [self.title(i) for i in order[::-1][:n]]
-
-    def similar(self, title, n=5, min_ratings=0):
-        """The n items whose factors point the same way as this title's (cosine similarity)."""
-        names = [self.title(i) for i in range(len(self.items))]
-        if title not in names:
-            close = [t for t in names if t.lower().startswith(title.lower())][:3] or difflib.get_close_matches(title, names, 3)
-            raise CollabError(f"no title {title!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ""))
-        factors = self.model.item_factors.detach().cpu()
-        idx = names.index(title)
-        sims = F.cosine_similarity(factors, factors[idx][None], dim=1)  # (n_items,)
-        sims[idx] = -math.inf  # not itself
-        sims[np.bincount(self.rated, minlength=len(names)) < min_ratings] = -math.inf  # rarely rated: noise
-        return [names[i] for i in sims.topk(min(n, int(torch.isfinite(sims).sum()))).indices]
-
-    def pca(self, n_components=3, n_top=1000):
-        """Principal components of the factors of the n_top most-rated items: (components, item indices)."""
-        counts = np.bincount(self.rated, minlength=len(self.items))
-        top = np.argsort(-counts, kind="stable")[:n_top]
-        factors = self.model.item_factors.detach().cpu()[top]
-        factors = factors - factors.mean(0)
-        _, _, v = torch.linalg.svd(factors, full_matrices=False)
-        return factors @ v[:n_components].T, top  # (n_top, n_components)
+        """Add a user who was not in training from a few (item, rating) pairs, fitting only their row."""
+        if isinstance(self.users.ids[0], int) and isinstance(user, (float, np.number)) and user % 1 == 0:
+            user = int(user)  # pandas hands over 3000.0 for user 3000
+        if type(user) is not type(self.users.ids[0]) or user in self.users.o2i:
+            raise ValueError(f"user {user!r} is already in the model, or not an id of the same type")
+        y, i = torch.tensor(ratings, dtype=torch.float32), torch.as_tensor(self.items.encode(items))
+        if len(i) != len(y) or not len(y) or not y.isfinite().all():
+            raise ValueError(f"fold_in needs one finite rating per item; got {items} and {ratings}")
+        m, names = self.model.eval(), [k for k in ("user_factors", "user_bias") if hasattr(self.model, k)]
+        old, new = [getattr(m, k) for k in names], []
+        for k, p in zip(names, old):  # the new user alone, as row 0: the items and the net stay as trained
+            new.append(nn.Parameter(p.detach().new_zeros(1, *p.shape[1:])))
+            setattr(m, k, new[-1])
+        opt, x = Adam(new), torch.stack([0 * i, i], 1).to(new[0].device)
+        for _ in range(steps):
+            train_step(m, opt, x, y.to(x.device), lr, 0.9, wd)
+        for k, a, b in zip(names, old, new):
+            setattr(m, k, nn.Parameter(torch.cat([a.detach(), b.detach()])))
+        m.zero_grad(set_to_none=True)
+        self.rated = torch.cat([self.rated, len(self.users.ids) * len(self.items.ids) + i.unique()])
+        self.users = IdMap(self.users.ids + [user], "user")
 
     def save(self, path):
-        """One file: weights, config, id maps, titles and who rated what; written whole or not at all."""
-        state = {k: v.cpu() for k, v in self.model.state_dict().items()}
-        ckpt = dict(format="minicollab-1", config=self.config, state=state, digest=_digest(state),
-                    users=self.users.ids.tolist(), items=self.items.ids.tolist(),
-                    titles=[[k, v] for k, v in self.titles.items()],
-                    rated=torch.as_tensor(self.rated), ptr=torch.as_tensor(self.ptr))
-        tmp = Path(f"{path}.partial")
+        """This Collab, model and all, in one file: written whole or not at all."""
         try:
-            torch.save(ckpt, tmp)
-            os.replace(tmp, path)
+            torch.save(self, f"{path}.partial")
+            os.replace(f"{path}.partial", path)
         except (OSError, RuntimeError) as e:  # torch reports a missing folder as a RuntimeError
-            tmp.unlink(missing_ok=True)
-            raise CollabError(f"cannot save the model to {path}: {e}") from None
+            if os.path.exists(f"{path}.partial"):
+                os.remove(f"{path}.partial")
+            raise ValueError(f"cannot save the model to {path}: {e}") from None
 
-    @classmethod
-    def load(cls, path, device="cpu"):
-        """Read a file written by save(); weights_only=True, so no pickled code can run."""
+    @staticmethod
+    def load(path, device="cpu"):
+        """Read a file written by save(); weights_only lets nothing out but our classes and tensors."""
+        safe = [Collab, IdMap, DotProductBias, CollabNN, nn.Sequential, nn.Linear, nn.ReLU, nn.Dropout]
         try:
-            ck = torch.load(path, map_location="cpu", weights_only=True)
-            if ck["format"] != "minicollab-1" or ck["digest"] != _digest(ck["state"]):
-                raise ValueError("not our format, or the weights were edited")
-            model = make_model(**ck["config"]["model"])
-            add_user_rows(model, ck["config"].get("new_users", 0))
-            model.to(device).load_state_dict(ck["state"])
+            with torch.serialization.safe_globals(safe):
+                c = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise CollabError(f"no model file at {path}; train and save one with --save {path}") from None
-        except Exception as e:  # truncated, tampered, or not ours at all
-            raise CollabError(f"{path} is not a valid minicollab model file ({type(e).__name__}); save it again") from None
-        ptr = ck["ptr"].numpy()
-        return cls(model, ck["config"], IdMap(ck["users"], unique=True), IdMap(ck["items"], unique=True),
-                   dict(ck["titles"]), np.repeat(np.arange(len(ptr) - 1), np.diff(ptr)), ck["rated"].numpy())
+            raise ValueError(f"no model file at {path}; train and save one with --save {path}") from None
+        except Exception as e:  # truncated, edited, or not ours at all
+            c = e
+        if not isinstance(c, Collab) or not isinstance(getattr(c, "model", None), (DotProductBias, CollabNN)):
+            raise ValueError(f"{path} is not a minicollab model file ({type(c).__name__}); save it again")
+        c.model.to(device)
+        return c
+
+# ----------------------------------------------------------------------------
+# 8. The command line
+
+# bs and wd follow the data's size: an epoch is at most ~320 steps (Adam's step costs every parameter),
+# and wd = lam / n_train puts the same L2 on each row at any size.
+DEFAULTS = dict(dot=dict(epochs=5, lr=1.5e-2, lam=12.0, bs=2048), nn=dict(epochs=5, lr=5e-3, lam=8.0, bs=2048))
+RANGES = dict(epochs=(int, 1, 1e4), lr=(float, 1e-9, 10), wd=(float, 0, 10), bs=(int, 1, 2 ** 31),
+              factors=(int, 1, 1e4), seed=(int, 0, 2 ** 63 - 1), valid_pct=(float, 1e-9, 1 - 1e-9),
+              top=(int, 1, 1e5))
+TRAINING = [*RANGES][:-1] + ["model", "layers", "lr_find", "data", "ratings", "user_col", "item_col", "rating_col"]
 
 
-def add_user_rows(model, n):
-    """Append n rows of zeros to the user's parameters (a new user is then the items' biases alone)."""
-    params = []
-    for k in ("user_factors", "user_bias"):
-        if hasattr(model, k):
-            old = getattr(model, k).detach()
-            setattr(model, k, nn.Parameter(torch.cat([old, old.new_zeros(n, *old.shape[1:])])))
-            params.append(getattr(model, k))
-    return params
-
-
-def _digest(state):
-    """SHA-256 of the weights, so a file edited by hand is caught on load."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-# -----------------------------------------------------------------------------
-# 7. The command line
-
-DEFAULTS = dict(dot=dict(lr=1.5e-2, wd=1.5e-4, bs=2048, epochs=5), nn=dict(lr=5e-3, wd=1e-4, bs=2048, epochs=5))
+def fail(message):
+    """Refuse bad input; main prints the message as one line."""
+    raise ValueError(message)
 
 
 def parse_args(argv=None):
-    """The command line's flags; per-model defaults fill whatever is not given."""
-    ap = argparse.ArgumentParser(description="Collaborative filtering on MovieLens-100k, fastbook chapter 8.")
-    ap.add_argument("--model", choices=["dot", "nn"], default="dot", help="DotProductBias or CollabNN")
-    ap.add_argument("--epochs", type=int)
-    ap.add_argument("--lr", type=float, help="the one-cycle's peak learning rate")
-    ap.add_argument("--wd", type=float, help="weight decay, added to the gradients")
-    ap.add_argument("--bs", type=int, help="batch size")
-    ap.add_argument("--factors", type=int, default=50, help="n_factors of DotProductBias")
-    ap.add_argument("--layers", default="100,50", help="CollabNN hidden sizes, e.g. 100,50")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--valid-pct", type=float, default=0.2)
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ap.add_argument("--lr-find", action="store_true", help="sweep learning rates, print a suggestion, stop")
-    ap.add_argument("--ratings", help="a CSV/TSV with a header instead of MovieLens-100k")
-    ap.add_argument("--user-col")
-    ap.add_argument("--item-col")
-    ap.add_argument("--rating-col")
-    ap.add_argument("--save", metavar="FILE", help="save the trained model")
-    ap.add_argument("--load", metavar="FILE", help="load a saved model instead of training")
-    ap.add_argument("--recommend", metavar="USER", help="the top items this user has not rated")
-    ap.add_argument("--top", type=int, default=5, help="how many to recommend")
-    ap.add_argument("--similar", metavar="TITLE", help="the titles most like this one")
-    ap.add_argument("--plot", metavar="FILE", help="save the book's PCA scatter as PNG (needs matplotlib)")
-    args = ap.parse_args(argv)
-    for k, v in DEFAULTS[args.model].items():
-        setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
-    try:
-        args.layers = tuple(int(s) for s in args.layers.split(","))
-    except ValueError:
-        ap.error(f"--layers {args.layers!r}: give sizes separated by commas, e.g. 100,50")
-    return args
+    """The flags, each checked before anything runs."""
+    ap = argparse.ArgumentParser(description="fastbook chapter 8 on MovieLens; see README.md")
+    ap.error = fail  # argparse's own complaints end in one line too
+    for k, (kind, lo, hi) in RANGES.items():
+        ap.add_argument(f"--{k}".replace("_", "-"), type=kind, help=f"{lo:g} to {hi:g}")
+    ap.add_argument("--layers", type=lambda s: tuple(map(int, s.split(","))), help="CollabNN's, e.g. 100,50")
+    ap.add_argument("--model", choices=["dot", "nn"], help="DotProductBias (default) or CollabNN")
+    ap.add_argument("--device", default="auto", help="auto (CUDA if there is a GPU), cpu or cuda")
+    ap.add_argument("--lr-find", action="store_true", help="suggest a learning rate, then stop")
+    ap.add_argument("--data", help="a MovieLens by name: ml-100k (default), ml-1m, ... ml-32m")
+    ap.add_argument("--ratings", metavar="FILE", help="a ratings file of your own (CSV, TSV, ...)")
+    for k in ("--user-col", "--item-col", "--rating-col", "--save", "--load", "--recommend", "--similar"):
+        ap.add_argument(k)
+    ap.add_argument("--plot", metavar="FILE", help="the book's PCA scatter (.png, .pdf or .svg)")
+    a = ap.parse_args(argv)
+    for k, (_, lo, hi) in RANGES.items():
+        if getattr(a, k) is not None and not lo <= getattr(a, k) <= hi:  # NaN and inf never are
+            fail(f"--{k} {getattr(a, k)} is out of range: give {lo:g} to {hi:g}".replace("_", "-"))
+    if a.layers and not all(1 <= n <= 1e4 for n in a.layers):
+        fail(f"--layers {a.layers}: give sizes from 1 to 10000, such as 100,50")
+    if a.load and (given := [k for k in TRAINING if getattr(a, k) not in (None, False)]):
+        fail(f"--load uses the saved model as it is: drop --{', --'.join(given)}".replace("_", "-"))
+    if a.data and a.ratings or not a.ratings and (a.user_col or a.item_col or a.rating_col):
+        fail("give --data NAME or --ratings FILE (with its --user-col and the like), not both")
+    for path in (a.save, a.plot):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            fail(f"cannot write {path}: no such folder")
+    if a.plot and (a.plot[-4:].lower() not in (".png", ".pdf", ".svg") or not importlib.util.find_spec("matplotlib")):
+        fail("--plot FILE needs a name ending in .png, .pdf or .svg, and matplotlib (pip install matplotlib)")
+    return a
 
 
-def load_data(args):
-    """(users, items, ratings, titles) from --ratings or from MovieLens-100k."""
-    if args.ratings:
-        users, items, ratings = read_ratings(args.ratings, args.user_col, args.item_col, args.rating_col)
-        movies = Path(args.ratings).with_name("movies.csv")  # the seeds' ml-latest-small layout
-        titles = {}
-        if movies.is_file():
-            with open(movies, newline="", encoding="utf-8") as f:
-                titles = {_as_numbers(np.array(r[0])).item(): r[1] for r in list(csv.reader(f))[1:] if len(r) > 1}
-        return users, items, ratings, titles
-    from data_fetch import load_movielens
-    d = load_movielens("ml-100k")
-    return d["user"], d["item"], d["rating"], d["titles"]
+def get_device(name="auto"):
+    """'auto' is CUDA when there is a GPU, else the CPU; a device that cannot be used is refused."""
+    name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    if name != "cpu" and (name.partition(":")[0] != "cuda" or not torch.cuda.is_available()):
+        raise ValueError(f"--device {name}: not usable here; give auto, cpu, or cuda where there is a GPU")
+    return torch.device(name)
 
 
-def train(args):
-    """Load, split and train as the flags say; return the Collab."""
-    if args.factors < 1 or min(args.layers) < 1:
-        raise CollabError(f"--factors and --layers must be positive (got {args.factors} and {args.layers})")
-    users, items, ratings, titles = load_data(args)
-    device = get_device(args.device)
-    user_map, item_map = IdMap(users), IdMap(items)
-    data = [torch.as_tensor(a).to(device) for a in (user_map.encode(users), item_map.encode(items), ratings)]
-    train_idx, valid_idx = (i.to(device) for i in split(len(ratings), args.valid_pct, args.seed))
-    train, valid = [t[train_idx] for t in data], [t[valid_idx] for t in data]
-    y_range = (min(0.0, 1.1 * float(ratings.min())), 1.1 * float(ratings.max()))  # the book's (0, 5.5) for 1..5
-    config = dict(model=dict(kind=args.model, n_users=len(user_map), n_items=len(item_map),
-                             n_factors=args.factors, layers=args.layers, y_range=y_range))
-    torch.manual_seed(args.seed)
-    model = make_model(**config["model"]).to(device)
-    print(f"{len(ratings):,} ratings, {len(user_map):,} users, {len(item_map):,} items; "
-          f"{type(model).__name__} on {device}")
-    if args.lr_find:
-        print(f"suggested learning rate: {lr_find(model, train, bs=args.bs, wd=args.wd, seed=args.seed)[0]:.1e}")
-        return None
-    start = time.perf_counter()
-    fit_one_cycle(model, train, valid, args.epochs, args.lr, args.wd, args.bs, args.seed)
-    print(f"fit: {args.epochs} epochs in {time.perf_counter() - start:.2f} s on {device}")
-    return Collab(model, config, user_map, item_map, titles, *(t.cpu().numpy() for t in train[:2]))
+def show_progress(step, steps, seconds):
+    """Steps, rate and time left of epochs over 2 s, on a terminal only, never into a log."""
+    if seconds > 2 and sys.stderr.isatty() and (step % max(1, steps // 100) == 0 or step == steps):
+        line = f"  {step}/{steps} steps, {step / seconds:.1f}/s, {(steps - step) * seconds / step:.0f} s left"
+        print(f"\r{line:<60}" if step < steps else f"\r{'':<60}\r", end="", file=sys.stderr, flush=True)
 
 
 def as_id(s, ids):
-    """A command-line string as the raw id type of this data set (int or str)."""
-    try:
-        return int(s) if ids.ids.dtype.kind in "iu" else s
-    except ValueError:
-        raise CollabError(f"{s!r} is not a user id: the ids here are integers") from None
+    """A command-line string as the type of these ids, int or str."""
+    return int(s) if isinstance(ids.ids[0], int) and s.isascii() and s.lstrip("-").isdigit() else s
 
 
-def report(c, args):
-    """What the model learned, in titles; then what was asked for on the command line."""
-    lines = lambda xs: "\n".join(f"  {x}" for x in xs)
-    if args.recommend is not None:
-        user = as_id(args.recommend, c.users)
-        print(f"top {args.top} for user {user}:\n" + lines(f"{r:.2f}  {t}" for t, r in c.recommend(user, args.top)))
-    if args.similar is not None:
-        print(f"most like {args.similar}:\n" + lines(c.similar(args.similar, min_ratings=20)))
-    if args.plot:
-        plot_pca(c, args.plot)
-        print(f"saved the PCA plot to {args.plot}")
-    if args.recommend is not None or args.similar is not None or args.plot:
-        return
-    if hasattr(c.model, "item_bias"):
+def train(a):
+    """Read the data, split it, and train the model the flags ask for; returns a Collab."""
+    import data_fetch
+    d = data_fetch.load(a.data, a.ratings, a.user_col, a.item_col, a.rating_col)
+    (users, u), (items, i) = [np.unique(d.pop(k), return_inverse=True) for k in ("user", "item")]
+    users, items = IdMap(users.tolist(), "user"), IdMap(items.tolist(), "item")
+    if a.recommend is not None:
+        users.encode(as_id(a.recommend, users))  # an unknown user is refused before training
+    x, y = torch.stack([torch.as_tensor(u), torch.as_tensor(i)], 1), torch.as_tensor(d.pop("rating"))
+    t, v = split(len(y), a.valid_pct or 0.2, a.seed or 0)
+    hp, device, kind = DEFAULTS[a.model or "dot"], get_device(a.device), a.model or "dot"
+    bs, wd = a.bs or max(hp["bs"], round(len(t) / 320)), hp["lam"] / len(t) if a.wd is None else a.wd
+    y_range = (min(0.0, 1.1 * float(y.min())), max(0.0, 1.1 * float(y.max())))  # (0, 5.5) for 1..5
+    torch.manual_seed(a.seed or 0)
+    if kind == "dot":
+        model = DotProductBias(len(users.ids), len(items.ids), a.factors or 50, y_range)
+    else:
+        model = CollabNN(*get_emb_sz(len(users.ids), len(items.ids)), a.layers or (100, 50), y_range=y_range)
+    print(f"{len(y):,} ratings, {len(users.ids):,} users, {len(items.ids):,} items; {type(model).__name__} on {device}")
+    model, train, valid = model.to(device), (x[t].to(device), y[t].to(device)), (x[v].to(device), y[v].to(device))
+    del x, y
+    if a.lr_find:
+        return print(f"suggested learning rate: {lr_find(model, train, bs=bs, wd=wd, seed=a.seed or 0)[0]:.1e}")
+    start, epochs = time.perf_counter(), a.epochs or hp["epochs"]
+    fit_one_cycle(model, train, valid, epochs, a.lr or hp["lr"], wd, bs, a.seed or 0, progress=show_progress)
+    print(f"fit: {epochs} epochs in {time.perf_counter() - start:.2f} s on {device}")
+    return Collab(model, users, items, d["titles"], torch.as_tensor(np.sort(u * len(items.ids) + i)))
+
+
+def report(c, a):
+    """What the model learned, in titles; or only what the flags ask for."""
+    def show(heading, xs):
+        print(heading + "".join(f"\n  {x}" for x in xs))
+    tour, lambs = a.recommend is None and a.similar is None and not a.plot, "Silence of the Lambs, The (1991)"
+    if tour and isinstance(c.model, DotProductBias):
         low, high = c.biases()
-        print(f"\nhighest item bias (liked even by those whose taste they don't match):\n{lines(high)}")
-        print(f"lowest item bias (disliked even by those whose taste they match):\n{lines(low)}")
-    lambs = "Silence of the Lambs, The (1991)"
-    if lambs in c.titles.values():
-        print(f"most like {lambs}:\n{lines(c.similar(lambs, min_ratings=20))}")
-    comps, top = c.pca(2)
-    for k in range(comps.shape[1]):
-        order = comps[:, k].argsort().numpy()
-        print(f"principal component {k}: {' / '.join(c.title(top[i]) for i in order[:3])}  <->  "
-              f"{' / '.join(c.title(top[i]) for i in order[-3:])}")
-    user = c.users.ids[0].item()
-    print(f"top 5 for user {user}:\n" + lines(f"{r:.2f}  {t}" for t, r in c.recommend(user, 5)))
+        show("\nhighest movie bias (liked even by those whose taste they don't match):", high)
+        show("lowest movie bias (disliked even by those whose taste they match):", low)
+    if a.similar is not None or tour and lambs in c.titles.values():
+        show(f"most like {a.similar or lambs}:", c.similar(a.similar or lambs))
+    comps, items = c.pca(2)
+    for k in range(comps.shape[1] if tour else 0):
+        ends = [" / ".join(c.title(items[j]) for j in js) for js in comps[:, k].argsort().tensor_split([3, -3])]
+        print(f"principal component {k}: {ends[0]}  <->  {ends[2]}")
+    if a.recommend is not None or tour:
+        user = c.users.ids[0] if tour else as_id(a.recommend, c.users)
+        show(f"top {a.top or 5} for user {user}:", (f"{r:.2f}  {t}" for t, r in c.recommend(user, a.top or 5)))
+    if a.plot:
+        plot_pca(c, a.plot)
+        print(f"saved the PCA plot to {a.plot}")
 
 
 def plot_pca(c, path, n=50):
     """The book's scatter of the n most-rated titles on principal components 0 and 2."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CollabError("--plot needs matplotlib: pip install matplotlib") from None
-    comps, top = c.pca(3)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    comps, items = c.pca(3)
     if comps.shape[1] < 3:
-        raise CollabError("--plot shows principal components 0 and 2: train with --factors 3 or more")
+        raise ValueError("--plot shows principal components 0 and 2: train with --factors 3 or more")
     fig, ax = plt.subplots(figsize=(12, 12))
     ax.scatter(comps[:n, 0], comps[:n, 2])
-    for (x, _, y), i in zip(comps[:n].tolist(), top[:n]):
+    for (x, _, y), i in zip(comps[:n].tolist(), items[:n]):
         ax.text(x, y, c.title(i), fontsize=9)
     ax.set(xlabel="principal component 0", ylabel="principal component 2")
     fig.savefig(path, dpi=80, bbox_inches="tight")
@@ -603,24 +456,19 @@ def plot_pca(c, path, n=50):
 
 
 def main(argv=None):
-    """Run the command line; bad input ends in a one-line 'error: ...' and exit status 1."""
-    from data_fetch import DataError
-    args = parse_args(argv)
+    """Run the command line; bad input ends in one line, 'error: ...', and exit status 1."""
     try:
-        c = Collab.load(args.load, get_device(args.device)) if args.load else train(args)
+        a = parse_args(argv)
+        c = Collab.load(a.load, get_device(a.device)) if a.load else train(a)
+        if c is not None and a.save:
+            c.save(a.save)
+            print(f"saved the model to {a.save}")
         if c is not None:
-            if args.save:
-                c.save(args.save)
-                print(f"saved the model to {args.save}")
-            report(c, args)
-    except (CollabError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyError as e:  # an unknown id, named by IdMap.encode
-        print(f"error: {e.args[0]}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+            report(c, a)
+    except BrokenPipeError:  # stdout closed early (| head): stop quietly, the exit's flush too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (ValueError, KeyError, OSError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
