@@ -1,8 +1,6 @@
-"""minicollab: fastbook chapter 8, collaborative filtering from scratch, in one file read in one sitting.
-
-The chapter's story in its order, then using the trained model, then the command line.
-Reading rating files and fetching MovieLens are data_fetch.py's work.
-"""
+"""minicollab: fastbook chapter 8, collaborative filtering from scratch, in one file."""
+# Read it top to bottom: the chapter's story in its order, then using the trained model, then the
+# command line. Reading rating files and fetching MovieLens are data_fetch.py's work.
 import argparse
 import importlib.util
 import math
@@ -15,12 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# ----------------------------------------------------------------------------
-# 1. The data and its ids
-
+# --- 1. The data and its ids -----------------------------------------------------------------
 
 class IdMap:
-    """Raw ids (ints or strings) <-> indices 0..n-1. Unlike fastai, no '#na#': an unknown id is an error."""
+    """Raw ids (ints or strings) <-> indices 0..n-1. Unlike fastai's, an unknown id is an error."""
 
     def __init__(self, ids, what):
         self.ids, self.what = list(ids), what
@@ -29,11 +25,9 @@ class IdMap:
     def encode(self, raw):
         """Raw ids -> indices; an unknown id raises KeyError naming it."""
         raw = np.atleast_1d(raw).tolist()
-        for o in raw:
-            if o not in self.o2i:
-                raise KeyError(f"unknown {self.what} {o!r}")
+        if unknown := [o for o in raw if o not in self.o2i]:
+            raise KeyError(f"unknown {self.what} {unknown[0]!r}")
         return np.array([self.o2i[o] for o in raw], dtype=np.int64)
-
 
 def split(n, valid_pct=0.2, seed=0):
     """A random (train, valid) split of n row indices, like fastai's RandomSplitter."""
@@ -43,22 +37,18 @@ def split(n, valid_pct=0.2, seed=0):
     n_valid = min(max(1, round(n * valid_pct)), n - 1)
     return perm[n_valid:], perm[:n_valid]
 
-# ----------------------------------------------------------------------------
-# 2. Embeddings and create_params; sigmoid_range and DotProductBias
-
+# --- 2. Embeddings and create_params; sigmoid_range and DotProductBias -----------------------
 
 def create_params(size):
     """Parameters drawn from N(0, 0.01): the book's replacement for nn.Embedding."""
     return nn.Parameter(torch.zeros(*size).normal_(0, 0.01))
 
-
 def sigmoid_range(x, lo, hi):
     """Squash x into (lo, hi)."""
     return torch.sigmoid(x) * (hi - lo) + lo
 
-
 class DotProductBias(nn.Module):
-    """Rating = sigmoid_range(user . movie + user bias + movie bias)."""
+    """The book's model: sigmoid_range(user . movie + user bias + movie bias)."""
 
     def __init__(self, n_users, n_movies, n_factors=50, y_range=(0, 5.5)):
         super().__init__()
@@ -70,27 +60,22 @@ class DotProductBias(nn.Module):
 
     def forward(self, x):  # x: (bs, 2) indices of (user, movie) -> (bs,)
         users, movies = x[:, 0], x[:, 1]
-        # A lookup is a one-hot row times the matrix. index_select(0, users) is the book's
-        # user_factors[users], in the form whose gradient is several times cheaper on a CPU.
-        res = (self.user_factors.index_select(0, users) * self.movie_factors.index_select(0, movies)).sum(1)
-        res = res + self.user_bias.index_select(0, users) + self.movie_bias.index_select(0, movies)
+        # index_select(0, users) is the book's user_factors[users], whose gradient is slower on CPUs
+        res = self.user_factors.index_select(0, users) * self.movie_factors.index_select(0, movies)
+        res = res.sum(1) + self.user_bias.index_select(0, users)
+        res = res + self.movie_bias.index_select(0, movies)
         return sigmoid_range(res, *self.y_range)
 
-# ----------------------------------------------------------------------------
-# 3. Weight decay, added to the gradients by hand
-
+# --- 3. Weight decay, added to the gradients by hand -----------------------------------------
 
 def add_weight_decay(params, wd):
     """Add wd * p to each gradient: the gradient of the L2 penalty wd/2 * sum(p**2)."""
-    # fastai's wd=0.1 is decoupled (AdamW shrinks p by lr*wd). Added to the gradient, the decay is
-    # divided by Adam's sqrt(v) like the rest, so a far smaller wd does the same job.
+    # fastai's wd is decoupled (AdamW); added to the gradient, it is divided by Adam's sqrt(v) too
     with torch.no_grad():
         for p in params:
             p.grad.add_(p, alpha=wd)
 
-# ----------------------------------------------------------------------------
-# 4. The training loop: Adam, fastai's one-cycle schedule, and lr_find
-
+# --- 4. The training loop: Adam, fastai's one-cycle schedule, and lr_find --------------------
 
 class Adam:
     """Adam written out, with fastai's defaults; beta1 is the momentum that one-cycle schedules."""
@@ -110,7 +95,6 @@ class Adam:
                 p.addcdiv_(avg, denom, value=-lr / (1 - mom ** self.t))  # both means debiased
                 p.grad = None
 
-
 def one_cycle(pct, lr_max, div=25.0, div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95)):
     """fastai's one-cycle (lr, momentum) at fraction pct of training: two cosine phases."""
     def cos(start, end, p):
@@ -120,7 +104,6 @@ def one_cycle(pct, lr_max, div=25.0, div_final=1e5, pct_start=0.25, moms=(0.95, 
     p = (pct - pct_start) / (1 - pct_start)  # anneal to lr_max/1e5 while momentum climbs back
     return cos(lr_max, lr_max / div_final, p), cos(*moms[1:], p)
 
-
 def train_step(model, opt, x, y, lr, mom, wd):
     """One step on a batch: MSE loss, its gradients plus weight decay, Adam; returns the loss."""
     loss = F.mse_loss(model(x), y)
@@ -129,95 +112,86 @@ def train_step(model, opt, x, y, lr, mom, wd):
     opt.step(lr, mom)
     return loss.detach()
 
-
 def evaluate(model, x, y, bs=65536):
-    """Mean squared error of the model on (n, 2) indices x and (n,) ratings y."""
+    """Mean squared error of the model on (n, 2) indices x and (n,) ratings y, bs rows at a time."""
     with torch.no_grad():
         se = [((model.eval()(x[i:i + bs]) - y[i:i + bs]) ** 2).sum() for i in range(0, len(y), bs)]
     return float(sum(se)) / len(y)
 
-
-def fit_one_cycle(model, train, valid, epochs=5, lr_max=1.5e-2, wd=1.5e-4, bs=2048, seed=0, log=print,
-                  progress=None):
-    """Train with Adam on the one-cycle schedule, printing fastai's epoch table; returns the history."""
+def fit_one_cycle(model, train, valid, epochs=5, lr_max=1.5e-2, wd=1.5e-4, bs=2048, seed=0,
+                  log=print, progress=None):
+    """Train with Adam on the one-cycle schedule, printing fastai's epoch table; returns history."""
     if not (epochs >= 1 and bs >= 1 and 0 < lr_max < math.inf and 0 <= wd < math.inf):
-        raise ValueError(f"need epochs, bs, lr_max > 0, wd >= 0; got {epochs}, {bs}, {lr_max}, {wd}")
-    x, y = train  # (n, 2) indices and (n,) ratings, already on the device
-    opt, gen, history = Adam(model.parameters()), torch.Generator().manual_seed(seed), []
-    steps = math.ceil(len(y) / bs)
+        raise ValueError(f"need epochs, bs, lr_max > 0, wd >= 0: {epochs}, {bs}, {lr_max}, {wd}")
+    (x, y), opt, gen = train, Adam(model.parameters()), torch.Generator().manual_seed(seed)
+    steps, history = math.ceil(len(y) / bs), []
     log(f"{'epoch':<7}{'train_loss':<12}{'valid_loss':<12}time")
     for epoch in range(epochs):
-        start, total = time.perf_counter(), torch.zeros((), device=y.device)
-        perm = torch.randperm(len(y), generator=gen).to(y.device)
-        xs, ys = x[perm], y[perm]  # shuffled once; a batch is then a slice (no DataLoader)
-        model.train()
+        start, total, perm = time.perf_counter(), 0, torch.randperm(len(y), generator=gen)
+        xs, ys = x[perm.to(y.device)], y[perm.to(y.device)]  # shuffled once: a batch is a slice
         for step in range(steps):
             lr, mom = one_cycle((epoch * steps + step) / (epochs * steps), lr_max)
             b = slice(step * bs, (step + 1) * bs)
-            total += train_step(model, opt, xs[b], ys[b], lr, mom, wd) * len(ys[b])  # no sync per step
+            loss = train_step(model.train(), opt, xs[b], ys[b], lr, mom, wd)
+            total += loss * len(ys[b])  # on the device: no sync per step
             if progress:
                 progress(step + 1, steps, time.perf_counter() - start)
-        train_loss, valid_loss = total.item() / len(y), evaluate(model, *valid)
+        train_loss, valid_loss = float(total) / len(y), evaluate(model, *valid)
         if not math.isfinite(train_loss + valid_loss):
-            raise ValueError(f"the loss became NaN in epoch {epoch}; try a lower learning rate than {lr_max:g}")
-        history.append(dict(train_loss=train_loss, valid_loss=valid_loss, time=time.perf_counter() - start))
+            raise ValueError(f"the loss became NaN in epoch {epoch}: try a lower learning rate")
+        history.append(dict(train_loss=train_loss, valid_loss=valid_loss))
+        history[-1]["time"] = time.perf_counter() - start
         log(f"{epoch:<7}{train_loss:<12.6f}{valid_loss:<12.6f}{history[-1]['time']:.2f}")
     return history
 
-
 def lr_find(model, train, start_lr=1e-7, end_lr=10, num_it=100, bs=2048, wd=0.0, seed=0):
-    """fastai's lr finder: grow the lr until the loss explodes; returns (suggestion, lrs, losses)."""
-    x, y = train
-    saved = {k: v.clone() for k, v in model.state_dict().items()}  # put back at the end
-    opt, gen, lrs, losses, avg = Adam(model.parameters()), torch.Generator().manual_seed(seed), [], [], 0.0
+    """fastai's lr finder: grow the lr till the loss explodes; returns (suggestion, lrs, losses)."""
+    (x, y), opt, gen = train, Adam(model.parameters()), torch.Generator().manual_seed(seed)
+    saved, lrs, losses, avg = {k: v.clone() for k, v in model.state_dict().items()}, [], [], 0.0
     for i in range(num_it):
         lrs.append(start_lr * (end_lr / start_lr) ** (i / (num_it - 1)))
         idx = torch.randint(len(y), (bs,), generator=gen).to(y.device)
-        avg = 0.98 * avg + 0.02 * train_step(model.train(), opt, x[idx], y[idx], lrs[-1], 0.9, wd).item()
+        loss = train_step(model.train(), opt, x[idx], y[idx], lrs[-1], 0.9, wd)
+        avg = 0.98 * avg + 0.02 * float(loss)
         losses.append(avg / (1 - 0.98 ** (i + 1)))  # fastai's smoothed, debiased loss
         if not math.isfinite(losses[-1]) or losses[-1] > 4 * min(losses):
             break
-    model.load_state_dict(saved)
+    model.load_state_dict(saved)  # as it was before the sweep
     return lrs[int(np.argmin(losses))] / 10, lrs, losses  # fastai's 'lr_min': a tenth of the best
 
-# ----------------------------------------------------------------------------
-# 5. Interpreting what was learned (c is a trained Collab, section 7; these are its methods)
-
+# --- 5. Interpreting what was learned (c: a trained Collab, section 7, whose methods these are)
 
 def biases(c, n=5):
-    """The titles with the lowest and the highest movie bias: disliked, or liked, whatever one's taste."""
+    """The titles of lowest and of highest movie bias: disliked, or liked, whatever one's taste."""
     order = [c.title(i) for i in c.model.movie_bias.detach().cpu().argsort().tolist()]
     return order[:n], order[::-1][:n]
 
-
 def similar(c, title, n=5, min_ratings=20):
-    """The n titles whose factors point the same way as this one's, of items rated often enough."""
+    """The n titles whose factors point the same way as this one's, of those rated often enough."""
     names = [c.title(i) for i in range(len(c.items.ids))]
     if title not in names:
         raise ValueError(f"no title {title!r}; titles look like {names[0]!r}")
     factors, i = c.model.movie_factors.detach().cpu(), names.index(title)
     sims = F.cosine_similarity(factors, factors[i][None], dim=1)  # (n_movies,)
     counts = torch.bincount(c.rated % len(names), minlength=len(names))
-    sims[counts < min(min_ratings, counts.sort().values[-min(n + 1, len(names))])] = -math.inf  # noise
+    enough = min(min_ratings, counts.sort().values[-min(n + 1, len(names))])  # small data: fewer
+    sims[counts < enough] = -math.inf  # rarely rated: noise
     sims[i] = -math.inf  # not itself
     return [names[j] for j in sims.topk(min(n, int(sims.isfinite().sum()))).indices]
 
-
 def pca(c, k=3, n_top=1000):
-    """The factors of the n_top most-rated movies on k principal components: (components, movies)."""
-    top = torch.bincount(c.rated % len(c.items.ids), minlength=len(c.items.ids)).argsort(descending=True)
+    """The factors of the n_top most-rated movies on k principal components, and those movies."""
+    counts = torch.bincount(c.rated % len(c.items.ids), minlength=len(c.items.ids))
+    top = counts.argsort(descending=True)
     factors = c.model.movie_factors.detach().cpu()[top[:n_top]]
     factors = factors - factors.mean(0)
     return factors @ torch.linalg.svd(factors, full_matrices=False)[2][:k].T, top[:n_top].tolist()
 
-# ----------------------------------------------------------------------------
-# 6. Deep learning for collaborative filtering
-
+# --- 6. Deep learning for collaborative filtering --------------------------------------------
 
 def get_emb_sz(n_users, n_movies):
     """fastai's rule of thumb for embedding widths: [(n_users, width), (n_movies, width)]."""
     return [(n, min(600, round(1.6 * n ** 0.56))) for n in (n_users, n_movies)]
-
 
 class CollabNN(nn.Module):
     """The book's CollabNN: embeddings concatenated, through fastai's configurable ReLU layers."""
@@ -233,13 +207,12 @@ class CollabNN(nn.Module):
         self.y_range = y_range
 
     def forward(self, x):  # x: (bs, 2) indices of (user, movie) -> (bs,)
-        embs = self.user_factors.index_select(0, x[:, 0]), self.movie_factors.index_select(0, x[:, 1])
+        users, movies = x[:, 0], x[:, 1]
+        embs = self.user_factors.index_select(0, users), self.movie_factors.index_select(0, movies)
         x = self.layers(torch.cat(embs, dim=1))  # (bs, 1)
         return sigmoid_range(x[:, 0], *self.y_range)  # (bs,): a (bs, 1) would broadcast against y
 
-# ----------------------------------------------------------------------------
-# 7. Using the trained model: predict, recommend, fold in a new user, save and load
-
+# --- 7. Using the trained model: predict, recommend, fold in a new user, save and load -------
 
 class Collab:
     """A trained model with what it takes to use it: the id maps, the titles, and who rated what."""
@@ -254,31 +227,34 @@ class Collab:
         return self.titles.get(self.items.ids[i], str(self.items.ids[i]))
 
     def predict(self, users, items):
-        """Predicted ratings for raw user and item ids (broadcast); an unknown id raises KeyError."""
-        x = np.stack(np.broadcast_arrays(self.users.encode(users), self.items.encode(items)), 1)  # (n, 2)
-        with torch.no_grad():
-            return self.model.eval()(torch.as_tensor(x).to(self.model.user_factors.device)).cpu().numpy()
+        """Predicted ratings of raw user and item ids (broadcast); an unknown id is a KeyError."""
+        x = np.stack(np.broadcast_arrays(self.users.encode(users), self.items.encode(items)), 1)
+        with torch.no_grad():  # x: (n, 2)
+            x = torch.as_tensor(x).to(self.model.user_factors.device)
+            return self.model.eval()(x).cpu().numpy()
 
     def recommend(self, user, n=5):
         """The n items this user has not rated, best predicted first: [(title, rating)]."""
         scores = torch.as_tensor(self.predict(user, self.items.ids))  # (n_items,)
-        lo, hi = torch.searchsorted(self.rated, (self.users.encode(user)[0] + torch.arange(2)) * len(scores))
+        u = self.users.encode(user)[0]
+        lo, hi = torch.searchsorted(self.rated, torch.tensor([u, u + 1]) * len(scores))
         scores[self.rated[lo:hi] % len(scores)] = -math.inf  # never what they rated, train or valid
         top = scores.topk(min(n, int(scores.isfinite().sum())))
         return [(self.title(i), float(r)) for r, i in zip(top.values, top.indices.tolist())]
 
     def fold_in(self, user, items, ratings, steps=100, lr=0.05, wd=1.0):
-        """Add a user who was not in training from a few (item, rating) pairs, fitting only their row."""
-        if isinstance(self.users.ids[0], int) and isinstance(user, (float, np.number)) and user % 1 == 0:
-            user = int(user)  # pandas hands over 3000.0 for user 3000
+        """Add a user unseen in training from a few (item, rating) pairs, fitting only their row."""
+        if isinstance(self.users.ids[0], int) and isinstance(user, (float, np.number)):
+            user = int(user) if user % 1 == 0 else user  # pandas hands over 3000.0 for user 3000
         if type(user) is not type(self.users.ids[0]) or user in self.users.o2i:
-            raise ValueError(f"user {user!r} is already in the model, or not an id of the same type")
+            raise ValueError(f"user {user!r} is in the model already, or not an id like theirs")
         y, i = torch.tensor(ratings, dtype=torch.float32), torch.as_tensor(self.items.encode(items))
         if len(i) != len(y) or not len(y) or not y.isfinite().all():
             raise ValueError(f"fold_in needs one finite rating per item; got {items} and {ratings}")
-        m, names = self.model.eval(), [k for k in ("user_factors", "user_bias") if hasattr(self.model, k)]
+        m = self.model.eval()  # no dropout
+        names = [k for k in ("user_factors", "user_bias") if hasattr(m, k)]
         old, new = [getattr(m, k) for k in names], []
-        for k, p in zip(names, old):  # the new user alone, as row 0: the items and the net stay as trained
+        for k, p in zip(names, old):  # the new user alone, as row 0; items and net stay as trained
             new.append(nn.Parameter(p.detach().new_zeros(1, *p.shape[1:])))
             setattr(m, k, new[-1])
         opt, x = Adam(new), torch.stack([0 * i, i], 1).to(new[0].device)
@@ -295,148 +271,145 @@ class Collab:
         try:
             torch.save(self, f"{path}.partial")
             os.replace(f"{path}.partial", path)
-        except (OSError, RuntimeError) as e:  # torch reports a missing folder as a RuntimeError
+        finally:
             if os.path.exists(f"{path}.partial"):
                 os.remove(f"{path}.partial")
-            raise ValueError(f"cannot save the model to {path}: {e}") from None
 
     @staticmethod
     def load(path, device="cpu"):
-        """Read a file written by save(); weights_only lets nothing out but our classes and tensors."""
-        safe = [Collab, IdMap, DotProductBias, CollabNN, nn.Sequential, nn.Linear, nn.ReLU, nn.Dropout]
+        """Read a file written by save(); weights_only lets out only our classes and tensors."""
         try:
-            with torch.serialization.safe_globals(safe):
+            ours = [Collab, IdMap, DotProductBias, CollabNN, nn.Sequential, nn.Linear, nn.ReLU,
+                    nn.Dropout]
+            with torch.serialization.safe_globals(ours):
                 c = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise ValueError(f"no model file at {path}; train and save one with --save {path}") from None
+            raise ValueError(f"no model file at {path}; train one with --save {path}") from None
         except Exception as e:  # truncated, edited, or not ours at all
             c = e
-        if not isinstance(c, Collab) or not isinstance(getattr(c, "model", None), (DotProductBias, CollabNN)):
-            raise ValueError(f"{path} is not a minicollab model file ({type(c).__name__}); save it again")
+        if type(c) is not Collab or not isinstance(c.model, (DotProductBias, CollabNN)):
+            raise ValueError(f"{path} is no minicollab model ({type(c).__name__}); save one again")
         c.model.to(device)
         return c
 
-# ----------------------------------------------------------------------------
-# 8. The command line
-
-# bs and wd follow the data's size: an epoch is at most ~320 steps (Adam's step costs every parameter),
-# and wd = lam / n_train puts the same L2 on each row at any size.
-DEFAULTS = dict(dot=dict(epochs=5, lr=1.5e-2, lam=12.0, bs=2048), nn=dict(epochs=5, lr=5e-3, lam=8.0, bs=2048))
+# --- 8. The command line ---------------------------------------------------------------------
+# bs and wd follow the data's size: an epoch is at most ~320 steps, as each step's Adam costs every
+# parameter; and wd = lam / n_train puts the same L2 on each row at any size.
+DEFAULTS = dict(dot=dict(lr=1.5e-2, lam=12.0, bs=2048), nn=dict(lr=5e-3, lam=8.0, bs=2048))
 RANGES = dict(epochs=(int, 1, 1e4), lr=(float, 1e-9, 10), wd=(float, 0, 10), bs=(int, 1, 2 ** 31),
               factors=(int, 1, 1e4), seed=(int, 0, 2 ** 63 - 1), valid_pct=(float, 1e-9, 1 - 1e-9),
               top=(int, 1, 1e5))
-TRAINING = [*RANGES][:-1] + ["model", "layers", "lr_find", "data", "ratings", "user_col", "item_col", "rating_col"]
-
 
 def fail(message):
-    """Refuse bad input; main prints the message as one line."""
+    """Refuse bad input with one line, which main prints."""
     raise ValueError(message)
 
-
 def parse_args(argv=None):
-    """The flags, each checked before anything runs."""
-    ap = argparse.ArgumentParser(description="fastbook chapter 8 on MovieLens; see README.md")
+    """The flags, checked before anything runs (README.md says what each does)."""
+    ap = argparse.ArgumentParser(description="fastbook chapter 8 on MovieLens; README.md has more")
     ap.error = fail  # argparse's own complaints end in one line too
     for k, (kind, lo, hi) in RANGES.items():
         ap.add_argument(f"--{k}".replace("_", "-"), type=kind, help=f"{lo:g} to {hi:g}")
-    ap.add_argument("--layers", type=lambda s: tuple(map(int, s.split(","))), help="CollabNN's, e.g. 100,50")
     ap.add_argument("--model", choices=["dot", "nn"], help="DotProductBias (default) or CollabNN")
+    ap.add_argument("--layers", type=lambda s: tuple(map(int, s.split(","))), help="e.g. 100,50")
     ap.add_argument("--device", default="auto", help="auto (CUDA if there is a GPU), cpu or cuda")
-    ap.add_argument("--lr-find", action="store_true", help="suggest a learning rate, then stop")
     ap.add_argument("--data", help="a MovieLens by name: ml-100k (default), ml-1m, ... ml-32m")
     ap.add_argument("--ratings", metavar="FILE", help="a ratings file of your own (CSV, TSV, ...)")
-    for k in ("--user-col", "--item-col", "--rating-col", "--save", "--load", "--recommend", "--similar"):
+    for k in ("--user-col", "--item-col", "--rating-col", "--save", "--load", "--recommend"):
         ap.add_argument(k)
+    ap.add_argument("--similar", metavar="TITLE")
     ap.add_argument("--plot", metavar="FILE", help="the book's PCA scatter (.png, .pdf or .svg)")
+    ap.add_argument("--lr-find", action="store_true", help="suggest a learning rate, then stop")
     a = ap.parse_args(argv)
     for k, (_, lo, hi) in RANGES.items():
         if getattr(a, k) is not None and not lo <= getattr(a, k) <= hi:  # NaN and inf never are
             fail(f"--{k} {getattr(a, k)} is out of range: give {lo:g} to {hi:g}".replace("_", "-"))
+    trains = [*RANGES][:-1] + ["model", "layers", "lr_find", "data", "ratings", "user_col", "item_col"]
+    trains = [k for k in trains + ["rating_col"] if getattr(a, k) not in (None, False)]
+    if a.load and trains:
+        fail(f"--load uses a saved model as it is: drop --{', --'.join(trains)}".replace("_", "-"))
     if a.layers and not all(1 <= n <= 1e4 for n in a.layers):
         fail(f"--layers {a.layers}: give sizes from 1 to 10000, such as 100,50")
-    if a.load and (given := [k for k in TRAINING if getattr(a, k) not in (None, False)]):
-        fail(f"--load uses the saved model as it is: drop --{', --'.join(given)}".replace("_", "-"))
     if a.data and a.ratings or not a.ratings and (a.user_col or a.item_col or a.rating_col):
         fail("give --data NAME or --ratings FILE (with its --user-col and the like), not both")
-    for path in (a.save, a.plot):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            fail(f"cannot write {path}: no such folder")
-    if a.plot and (a.plot[-4:].lower() not in (".png", ".pdf", ".svg") or not importlib.util.find_spec("matplotlib")):
-        fail("--plot FILE needs a name ending in .png, .pdf or .svg, and matplotlib (pip install matplotlib)")
+    if any(p and not os.path.isdir(os.path.dirname(os.path.abspath(p))) for p in (a.save, a.plot)):
+        fail(f"cannot write {a.save or a.plot}: no such folder")
+    if a.plot and a.plot[-4:] not in (".png", ".pdf", ".svg"):
+        fail(f"--plot {a.plot}: give a file name ending in .png, .pdf or .svg")
+    if a.plot and not importlib.util.find_spec("matplotlib"):
+        fail("--plot needs matplotlib: pip install matplotlib")
     return a
-
 
 def get_device(name="auto"):
     """'auto' is CUDA when there is a GPU, else the CPU; a device that cannot be used is refused."""
     name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     if name != "cpu" and (name.partition(":")[0] != "cuda" or not torch.cuda.is_available()):
-        raise ValueError(f"--device {name}: not usable here; give auto, cpu, or cuda where there is a GPU")
+        raise ValueError(f"--device {name}: not usable here; give auto, cpu, or cuda with a GPU")
     return torch.device(name)
 
-
 def show_progress(step, steps, seconds):
-    """Steps, rate and time left of epochs over 2 s, on a terminal only, never into a log."""
+    """Steps, rate and time left of an epoch over 2 s, on a terminal only: never into a log."""
     if seconds > 2 and sys.stderr.isatty() and (step % max(1, steps // 100) == 0 or step == steps):
-        line = f"  {step}/{steps} steps, {step / seconds:.1f}/s, {(steps - step) * seconds / step:.0f} s left"
-        print(f"\r{line:<60}" if step < steps else f"\r{'':<60}\r", end="", file=sys.stderr, flush=True)
-
+        left = (steps - step) * seconds / step
+        line = f"\r  {step}/{steps} steps, {step / seconds:.1f}/s, {left:.0f} s left"
+        line = f"{line:<60}" if step < steps else f"\r{'':<60}\r"  # the last one clears the line
+        print(line, end="", file=sys.stderr, flush=True)
 
 def as_id(s, ids):
-    """A command-line string as the type of these ids, int or str."""
+    """A command-line string as the type of these ids: '42' is user 42 where the ids are ints."""
     return int(s) if isinstance(ids.ids[0], int) and s.isascii() and s.lstrip("-").isdigit() else s
 
-
 def train(a):
-    """Read the data, split it, and train the model the flags ask for; returns a Collab."""
+    """Read the data, split it, train the model the flags ask for; returns a Collab."""
     import data_fetch
     d = data_fetch.load(a.data, a.ratings, a.user_col, a.item_col, a.rating_col)
     (users, u), (items, i) = [np.unique(d.pop(k), return_inverse=True) for k in ("user", "item")]
     users, items = IdMap(users.tolist(), "user"), IdMap(items.tolist(), "item")
     if a.recommend is not None:
-        users.encode(as_id(a.recommend, users))  # an unknown user is refused before training
-    x, y = torch.stack([torch.as_tensor(u), torch.as_tensor(i)], 1), torch.as_tensor(d.pop("rating"))
+        users.encode(as_id(a.recommend, users))  # an unknown user: refused before training
+    x, y = torch.as_tensor(np.stack([u, i], 1)), torch.as_tensor(d.pop("rating"))
     t, v = split(len(y), a.valid_pct or 0.2, a.seed or 0)
-    hp, device, kind = DEFAULTS[a.model or "dot"], get_device(a.device), a.model or "dot"
-    bs, wd = a.bs or max(hp["bs"], round(len(t) / 320)), hp["lam"] / len(t) if a.wd is None else a.wd
+    hp, device = DEFAULTS[a.model or "dot"], get_device(a.device)
+    bs = a.bs or max(hp["bs"], round(len(t) / 320))
+    wd = hp["lam"] / len(t) if a.wd is None else a.wd
     y_range = (min(0.0, 1.1 * float(y.min())), max(0.0, 1.1 * float(y.max())))  # (0, 5.5) for 1..5
     torch.manual_seed(a.seed or 0)
-    if kind == "dot":
-        model = DotProductBias(len(users.ids), len(items.ids), a.factors or 50, y_range)
+    if a.model == "nn":
+        embs = get_emb_sz(len(users.ids), len(items.ids))
+        model = CollabNN(*embs, a.layers or (100, 50), y_range=y_range)
     else:
-        model = CollabNN(*get_emb_sz(len(users.ids), len(items.ids)), a.layers or (100, 50), y_range=y_range)
-    print(f"{len(y):,} ratings, {len(users.ids):,} users, {len(items.ids):,} items; {type(model).__name__} on {device}")
-    model, train, valid = model.to(device), (x[t].to(device), y[t].to(device)), (x[v].to(device), y[v].to(device))
-    del x, y
+        model = DotProductBias(len(users.ids), len(items.ids), a.factors or 50, y_range)
+    print(f"{len(y):,} ratings, {len(users.ids):,} users, {len(items.ids):,} items")
+    train, valid = (x[t].to(device), y[t].to(device)), (x[v].to(device), y[v].to(device))
+    model = model.to(device)
+    del x, y, t, v
     if a.lr_find:
-        return print(f"suggested learning rate: {lr_find(model, train, bs=bs, wd=wd, seed=a.seed or 0)[0]:.1e}")
-    start, epochs = time.perf_counter(), a.epochs or hp["epochs"]
-    fit_one_cycle(model, train, valid, epochs, a.lr or hp["lr"], wd, bs, a.seed or 0, progress=show_progress)
+        return print(f"suggested learning rate: {lr_find(model, train, bs=bs, wd=wd)[0]:.1e}")
+    start, epochs = time.perf_counter(), a.epochs or 5
+    fit_one_cycle(model, train, valid, epochs, a.lr or hp["lr"], wd, bs, a.seed or 0,
+                  progress=show_progress)
     print(f"fit: {epochs} epochs in {time.perf_counter() - start:.2f} s on {device}")
-    return Collab(model, users, items, d["titles"], torch.as_tensor(np.sort(u * len(items.ids) + i)))
+    rated = torch.as_tensor(np.sort(u * len(items.ids) + i))
+    return Collab(model, users, items, d["titles"], rated)
 
-
-def report(c, a):
-    """What the model learned, in titles; or only what the flags ask for."""
+def report(c, a, lambs="Silence of the Lambs, The (1991)"):
+    """What the model learned, in titles: the chapter's tour, or only what the flags ask for."""
     def show(heading, xs):
         print(heading + "".join(f"\n  {x}" for x in xs))
-    tour, lambs = a.recommend is None and a.similar is None and not a.plot, "Silence of the Lambs, The (1991)"
+    tour = a.recommend is None and a.similar is None and not a.plot
     if tour and isinstance(c.model, DotProductBias):
         low, high = c.biases()
-        show("\nhighest movie bias (liked even by those whose taste they don't match):", high)
-        show("lowest movie bias (disliked even by those whose taste they match):", low)
+        show("\nlowest movie bias (disliked even by those whose taste they match):", low)
+        show("highest movie bias (liked even by those whose taste they don't):", high)
     if a.similar is not None or tour and lambs in c.titles.values():
         show(f"most like {a.similar or lambs}:", c.similar(a.similar or lambs))
-    comps, items = c.pca(2)
-    for k in range(comps.shape[1] if tour else 0):
-        ends = [" / ".join(c.title(items[j]) for j in js) for js in comps[:, k].argsort().tensor_split([3, -3])]
-        print(f"principal component {k}: {ends[0]}  <->  {ends[2]}")
     if a.recommend is not None or tour:
         user = c.users.ids[0] if tour else as_id(a.recommend, c.users)
-        show(f"top {a.top or 5} for user {user}:", (f"{r:.2f}  {t}" for t, r in c.recommend(user, a.top or 5)))
+        top = c.recommend(user, a.top or 5)
+        show(f"top {a.top or 5} for user {user}:", (f"{r:.2f}  {t}" for t, r in top))
     if a.plot:
         plot_pca(c, a.plot)
         print(f"saved the PCA plot to {a.plot}")
-
 
 def plot_pca(c, path, n=50):
     """The book's scatter of the n most-rated titles on principal components 0 and 2."""
@@ -445,7 +418,7 @@ def plot_pca(c, path, n=50):
     import matplotlib.pyplot as plt
     comps, items = c.pca(3)
     if comps.shape[1] < 3:
-        raise ValueError("--plot shows principal components 0 and 2: train with --factors 3 or more")
+        raise ValueError("--plot shows principal components 0 and 2: train --factors 3 or more")
     fig, ax = plt.subplots(figsize=(12, 12))
     ax.scatter(comps[:n, 0], comps[:n, 2])
     for (x, _, y), i in zip(comps[:n].tolist(), items[:n]):
@@ -453,7 +426,6 @@ def plot_pca(c, path, n=50):
     ax.set(xlabel="principal component 0", ylabel="principal component 2")
     fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
-
 
 def main(argv=None):
     """Run the command line; bad input ends in one line, 'error: ...', and exit status 1."""
@@ -467,14 +439,13 @@ def main(argv=None):
             report(c, a)
     except BrokenPipeError:  # stdout closed early (| head): stop quietly, the exit's flush too
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (ValueError, KeyError, OSError) as e:
+    except (ValueError, KeyError, OSError, RuntimeError) as e:  # RuntimeError: torch's own
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
