@@ -174,9 +174,9 @@ def similar(c, title, n=5, min_ratings=20):
     factors, i = c.model.movie_factors.detach().cpu(), names.index(title)
     sims = F.cosine_similarity(factors, factors[i][None], dim=1)  # (n_movies,)
     counts = torch.bincount(c.rated % len(names), minlength=len(names))
-    enough = min(min_ratings, counts.sort().values[-min(n + 1, len(names))])  # small data: fewer
-    sims[counts < enough] = -math.inf  # rarely rated: noise
-    sims[i] = -math.inf  # not itself
+    counts[i] = -1  # never itself
+    enough = min(min_ratings, counts.sort().values[-min(n, len(names))])  # small data: the n most rated
+    sims[(counts < enough) | (counts < 0)] = -math.inf  # rarely rated: noise
     return [names[j] for j in sims.topk(min(n, int(sims.isfinite().sum()))).indices]
 
 def pca(c, k=3, n_top=1000):
