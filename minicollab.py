@@ -175,7 +175,7 @@ def similar(c, title, n=5, min_ratings=20):
     sims = F.cosine_similarity(factors, factors[i][None], dim=1)  # (n_movies,)
     counts = torch.bincount(c.rated % len(names), minlength=len(names))
     counts[i] = -1  # never itself
-    enough = min(min_ratings, counts.sort().values[-min(n, len(names))])  # small data: the n most rated
+    enough = min(min_ratings, counts.sort().values[-min(n, len(names))])  # small data: n most rated
     sims[(counts < enough) | (counts < 0)] = -math.inf  # rarely rated: noise
     return [names[j] for j in sims.topk(min(n, int(sims.isfinite().sum()))).indices]
 
@@ -296,22 +296,28 @@ class Collab:
 # bs and wd follow the data's size: an epoch is at most ~320 steps, as each step's Adam costs every
 # parameter; and wd = lam / n_train puts the same L2 on each row at any size.
 DEFAULTS = dict(dot=dict(lr=1.5e-2, lam=12.0, bs=2048), nn=dict(lr=5e-3, lam=8.0, bs=2048))
-RANGES = dict(epochs=(int, 1, 1e4), lr=(float, 1e-9, 10), wd=(float, 0, 10), bs=(int, 1, 2 ** 31),
-              factors=(int, 1, 1e4), seed=(int, 0, 2 ** 63 - 1), valid_pct=(float, 1e-9, 1 - 1e-9),
-              top=(int, 1, 1e5))
+RANGES = dict(epochs=(int, 1, 10_000), lr=(float, 1e-9, 10.0), wd=(float, 0.0, 10.0),
+              bs=(int, 1, 2 ** 31), factors=(int, 1, 10_000), seed=(int, 0, 2 ** 63 - 1),
+              valid_pct=(float, 1e-9, 0.999999999), top=(int, 1, 100_000))
+TRAINING = ["model", "layers", "data", "ratings", "user_col", "item_col", "rating_col"]
 
 def fail(message):
     """Refuse bad input with one line, which main prints."""
     raise ValueError(message)
+
+def sizes(s):
+    """--layers 100,50 -> (100, 50)."""
+    return tuple(int(n) for n in s.split(","))
+
 
 def parse_args(argv=None):
     """The flags, checked before anything runs (README.md says what each does)."""
     ap = argparse.ArgumentParser(description="fastbook chapter 8 on MovieLens; README.md has more")
     ap.error = fail  # argparse's own complaints end in one line too
     for k, (kind, lo, hi) in RANGES.items():
-        ap.add_argument(f"--{k}".replace("_", "-"), type=kind, help=f"{lo:g} to {hi:g}")
+        ap.add_argument(f"--{k}".replace("_", "-"), type=kind, help=f"{lo} to {hi}")
     ap.add_argument("--model", choices=["dot", "nn"], help="DotProductBias (default) or CollabNN")
-    ap.add_argument("--layers", type=lambda s: tuple(map(int, s.split(","))), help="e.g. 100,50")
+    ap.add_argument("--layers", type=sizes, help="CollabNN's hidden sizes, e.g. 100,50")
     ap.add_argument("--device", default="auto", help="auto (CUDA if there is a GPU), cpu or cuda")
     ap.add_argument("--data", help="a MovieLens by name: ml-100k (default), ml-1m, ... ml-32m")
     ap.add_argument("--ratings", metavar="FILE", help="a ratings file of your own (CSV, TSV, ...)")
@@ -323,21 +329,29 @@ def parse_args(argv=None):
     a = ap.parse_args(argv)
     for k, (_, lo, hi) in RANGES.items():
         if getattr(a, k) is not None and not lo <= getattr(a, k) <= hi:  # NaN and inf never are
-            fail(f"--{k} {getattr(a, k)} is out of range: give {lo:g} to {hi:g}".replace("_", "-"))
-    trains = [*RANGES][:-1] + ["model", "layers", "lr_find", "data", "ratings", "user_col", "item_col"]
-    trains = [k for k in trains + ["rating_col"] if getattr(a, k) not in (None, False)]
-    if a.load and trains:
-        fail(f"--load uses a saved model as it is: drop --{', --'.join(trains)}".replace("_", "-"))
-    if a.layers and not all(1 <= n <= 1e4 for n in a.layers):
-        fail(f"--layers {a.layers}: give sizes from 1 to 10000, such as 100,50")
-    if a.data and a.ratings or not a.ratings and (a.user_col or a.item_col or a.rating_col):
-        fail("give --data NAME or --ratings FILE (with its --user-col and the like), not both")
-    if any(p and not os.path.isdir(os.path.dirname(os.path.abspath(p))) for p in (a.save, a.plot)):
-        fail(f"cannot write {a.save or a.plot}: no such folder")
-    if a.plot and a.plot[-4:] not in (".png", ".pdf", ".svg"):
-        fail(f"--plot {a.plot}: give a file name ending in .png, .pdf or .svg")
-    if a.plot and not importlib.util.find_spec("matplotlib"):
-        fail("--plot needs matplotlib: pip install matplotlib")
+            fail(f"--{k} {getattr(a, k)} is out of range: give {lo} to {hi}".replace("_", "-"))
+    trains = [k for k in [*RANGES][:-1] + TRAINING if getattr(a, k) is not None]
+    trains = [f"--{k}".replace("_", "-") for k in trains]
+    cols, writes = a.user_col or a.item_col or a.rating_col, [a.save, a.plot]
+    unwritable = [p for p in writes if p and (os.path.isdir(p) or
+                  not os.path.isdir(os.path.dirname(os.path.abspath(p))))]
+    asks = a.save or a.load or a.recommend or a.similar or a.plot
+    mpl = not a.plot or importlib.util.find_spec("matplotlib")
+    for bad, message in [
+        (a.load and trains, f"--load uses a saved model as it is: drop {', '.join(trains)}"),
+        (a.data and a.ratings, "give --data NAME or --ratings FILE, not both"),
+        (cols and not a.ratings, "--user-col and the like pick columns of --ratings FILE"),
+        (a.layers and a.model != "nn", "--layers are CollabNN's hidden layers: add --model nn"),
+        (a.factors and a.model == "nn", "--factors is DotProductBias's: drop it"),
+        (a.layers and not all(1 <= n <= 10_000 for n in a.layers), "--layers: sizes 1 to 10000"),
+        (a.lr_find and asks, "--lr-find only suggests a learning rate: give it alone"),
+        (unwritable, f"cannot write {' or '.join(unwritable)}: name a file in an existing folder"),
+        (a.plot and a.plot[-4:] not in (".png", ".pdf", ".svg"),
+         f"--plot {a.plot}: give a file name ending in .png, .pdf or .svg"),
+        (a.plot and (a.factors or 3) < 3, "--plot shows components 0 and 2: needs --factors 3+"),
+        (not mpl, "--plot needs matplotlib: pip install matplotlib")]:
+        if bad:
+            fail(message)
     return a
 
 def get_device(name="auto"):
@@ -365,8 +379,10 @@ def train(a):
     d = data_fetch.load(a.data, a.ratings, a.user_col, a.item_col, a.rating_col)
     (users, u), (items, i) = [np.unique(d.pop(k), return_inverse=True) for k in ("user", "item")]
     users, items = IdMap(users.tolist(), "user"), IdMap(items.tolist(), "item")
-    if a.recommend is not None:
-        users.encode(as_id(a.recommend, users))  # an unknown user: refused before training
+    if a.recommend is not None:  # an unknown user or title: refused before training
+        users.encode(as_id(a.recommend, users))
+    if a.similar is not None and a.similar not in {d["titles"].get(o, str(o)) for o in items.ids}:
+        fail(f"no title {a.similar!r}; titles look like {d['titles'].get(items.ids[0])!r}")
     x, y = torch.as_tensor(np.stack([u, i], 1)), torch.as_tensor(d.pop("rating"))
     t, v = split(len(y), a.valid_pct or 0.2, a.seed or 0)
     hp, device = DEFAULTS[a.model or "dot"], get_device(a.device)
@@ -447,5 +463,6 @@ def main(argv=None):
         return 130
     return 0
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # main as imported: saved files hold minicollab.Collab, not __main__'s
+    from minicollab import main
     sys.exit(main())

@@ -766,15 +766,18 @@ def error_line(code, err):
     (["--lr", "nan"], "--lr nan is out of range"), (["--lr", "1e308"], "--lr 1e+308 is out of range"),
     (["--wd", "inf"], "--wd inf is out of range"), (["--wd", "-1"], "--wd -1.0 is out of range"),
     (["--seed", "-1"], "--seed -1 is out of range"), (["--seed", str(2 ** 64)], "--seed 18446744073709551616 is"),
-    (["--factors", "0"], "--factors 0 is out of range"), (["--layers", "0"], "--layers (0,): give sizes from 1"),
-    (["--layers", "a,b"], "argument --layers: invalid"), (["--epochs", "abc"], "argument --epochs: invalid int"),
+    (["--factors", "0"], "--factors 0 is out of range"), (["--layers", "0", "--model", "nn"], "--layers: sizes 1 to 10000"),
+    (["--layers", "a,b"], "argument --layers: invalid sizes value"), (["--epochs", "abc"], "argument --epochs: invalid int"),
     (["--top", "-1"], "--top -1 is out of range"), (["--top", "0"], "--top 0 is out of range"),
     (["--device", "mps"], "--device mps: not usable here"), (["--device", "xpu"], "--device xpu: not usable here"),
     (["--device", "meta"], "--device meta: not usable here"), (["--wrong"], "unrecognized arguments: --wrong"),
-    (["--save", "/no/such/dir/m.pt"], "cannot write /no/such/dir/m.pt: no such folder"),
+    (["--save", "/no/such/dir/m.pt"], "cannot write /no/such/dir/m.pt: name a file in an existing folder"),
+    (["--save", "/tmp"], "cannot write /tmp: name a file"), (["--layers", "9"], "add --model nn"),
+    (["--model", "nn", "--factors", "9"], "--factors is DotProductBias's"), (["--lr-find", "--save", "m.pt"], "give it alone"),
+    (["--similar", "Zardoz"], "no title 'Zardoz'"), (["--plot", "p.png", "--factors", "2"], "--factors 3+"),
     (["--plot", "p.txt"], "--plot p.txt: give a file name ending in .png, .pdf or .svg"),
     (["--plot", "pca"], "--plot pca: give a file name ending in .png"),
-    (["--plot", "/no/such/dir/p.png"], "cannot write /no/such/dir/p.png: no such folder"),
+    (["--plot", "/no/such/dir/p.png"], "cannot write /no/such/dir/p.png: name a file"),
     (["--data", "ml-1m"], "give --data NAME or --ratings FILE"),
     (["--recommend", "99"], "unknown user 99"), (["--recommend", "one"], "unknown user 'one'"),
 ])
@@ -785,7 +788,7 @@ def test_command_line_bad_settings_are_one_line_errors_before_training(tiny_csv,
 
 def test_column_flags_without_a_ratings_file_are_refused(capsys):
     code, _, err = run_main(["--user-col", "userId"], capsys)
-    assert "give --data NAME or --ratings FILE" in error_line(code, err)
+    assert "--user-col and the like pick columns of --ratings FILE" in error_line(code, err)
 
 
 def test_command_line_bad_files_are_one_line_errors(tmp_path, capsys):
@@ -882,6 +885,18 @@ def test_script_runs_as_a_program(tiny_csv):
                        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
     assert r.returncode == 0 and "Traceback" not in r.stderr
     assert [row[0] for row in table_rows(r.stdout)] == ["0"]  # one epoch, one row
+
+
+def test_a_model_saved_by_the_program_loads_in_python_and_back(tiny_csv, tmp_path):
+    run = lambda *flags: subprocess.run([sys.executable, "minicollab.py", *flags], cwd=HERE, capture_output=True,
+                                        text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert run("--ratings", str(tiny_csv), "--epochs", "1", "--save", str(tmp_path / "m.pt")).returncode == 0
+    c = Collab.load(tmp_path / "m.pt")  # pickled as minicollab.Collab, not as the program's __main__.Collab
+    assert type(c) is Collab and c.users.ids == [1, 2, 3, 4, 5, 6]
+    c.fold_in(7, [1, 2], [5.0, 1.0])
+    c.save(tmp_path / "n.pt")
+    r = run("--load", str(tmp_path / "n.pt"), "--recommend", "7")
+    assert r.returncode == 0 and r.stderr == "" and len(r.stdout.split("top 5 for user 7:\n")[1].splitlines()) == 3
 
 
 def test_a_closed_stdout_ends_the_program_quietly(tiny_csv):
