@@ -59,9 +59,10 @@ BATCH = 1 << 20  # rows the exact reader gathers in Python lists before it packs
 ROLES = ("user", "item", "rating")
 OUT = (*ROLES, "timestamp")  # the order of the arrays in every result
 ROLE_NAMES = {  # header names that give a column its role, compared lower-cased without spaces, '_' or '-'
-    "user": {"user", "userid", "users", "uid", "customer", "customerid", "reviewer", "reviewerid", "member"},
-    "item": {"item", "itemid", "items", "iid", "movie", "movieid", "movies", "product", "productid", "book",
-             "bookid", "isbn"},
+    "user": {"user", "userid", "users", "uid", "username", "customer", "customerid", "reviewer", "reviewerid",
+             "member"},
+    "item": {"item", "itemid", "items", "iid", "movie", "movieid", "movies", "movietitle", "product",
+             "productid", "book", "bookid", "booktitle", "isbn"},  # a title only where no id is named
     "rating": {"rating", "ratings", "score", "scores", "stars", "star", "rate", "grade"},
     "timestamp": {"timestamp", "ts", "unixtime", "unixtimestamp"},
 }
@@ -131,6 +132,12 @@ def _read_table(where, opener, wanted, quiet=False):
         taken = ", ".join(f"{layout.cols[role] + 1} as {role}" for role in ROLES)
         _warn(f"{where} has no header (its first line is numbers): all lines are data, columns {taken}",
               quiet)
+    elif layout.guessed:  # films taken for users, say, must not pass in silence
+        taken = ", ".join(f"{_show(layout.names[layout.cols[role]])} as {role}" for role in layout.guessed)
+        roles = " or ".join(layout.guessed).replace(" or ", ", ", len(layout.guessed) - 2)  # a, b or c
+        _warn(f"{where}: the header names no {roles} column we know, so columns were "
+              f"taken by position: {taken}; if that is wrong, choose with --user-col, --item-col, "
+              "--rating-col", quiet)
     return data, layout.names
 
 
@@ -146,10 +153,13 @@ def _unwrap(where, opener):
         raise DataError(f"{where} is a zip archive; unzip it and pass the ratings file inside, or for a "
                         "MovieLens zip use `python data_fetch.py --name NAME --from-file ZIP`")
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return functools.partial(_utf16_as_utf8, where, opener)
-    if b"\0" in head:
+        opener = functools.partial(_utf16_as_utf8, where, opener)
+        head = _head(opener)
+    elif b"\0" in head:
         raise DataError(f"{where} is not a text file (it holds NUL bytes); give a CSV or TSV file "
                         "(UTF-16 needs its byte-order mark)")
+    if b"\r" in head and b"\n" not in head:  # old Macs ended lines with \r alone
+        opener = functools.partial(_cr_as_lf, opener)
     return opener
 
 
@@ -178,6 +188,28 @@ def _utf16_as_utf8(where, opener):
     yield io.BytesIO(text.encode())
 
 
+class _CRAsLF(io.RawIOBase):
+    """A binary stream whose every CR byte reads as LF."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        data = self.raw.read(len(b)).replace(b"\r", b"\n")
+        b[:len(data)] = data
+        return len(data)
+
+
+@contextlib.contextmanager
+def _cr_as_lf(opener):
+    """A stream whose CR line ends read as LF, translated as it is read: the readers see plain lines."""
+    with opener() as raw:
+        yield io.BufferedReader(_CRAsLF(raw), CHUNK)
+
+
 def _encoding(opener):
     """'utf-8-sig' if the whole stream is UTF-8 (BOM or not), else 'cp1252' (Excel's), else 'latin-1'."""
     for encoding in ("utf-8-sig", "cp1252"):
@@ -200,8 +232,9 @@ def _decode(line, encoding=None):
             return line.decode(enc)
 
 
-# lines before the data, the delimiter, the column names, whether the file has a header, {role: column index}
-Layout = collections.namedtuple("Layout", "skip delimiter names has_header cols")
+# lines before the data, the delimiter, the column names, whether the file has a header, {role: column index},
+# and the roles whose column was taken by position (neither named by the caller nor known by its name)
+Layout = collections.namedtuple("Layout", "skip delimiter names has_header cols guessed")
 
 
 def _layout(where, opener, wanted, encoding=None):
@@ -215,11 +248,11 @@ def _layout(where, opener, wanted, encoding=None):
             raise DataError(f"{where} holds only blank lines and comments; it needs a line per rating")
     text = _decode(line, encoding)
     delimiter = _delimiter(text)
-    fields = [s.strip() for s in _split(text, delimiter)]
+    fields = _split(text, delimiter, where, n)
     has_header = not all(NUMBER.fullmatch(s) for s in fields)
     names = fields if has_header else [str(i) for i in range(1, len(fields) + 1)]  # --user-col 2 can name one
-    cols = _pick(where, names, wanted, has_header)
-    return Layout(n if has_header else n - 1, delimiter, names, has_header, cols)
+    cols, guessed = _pick(where, names, wanted, has_header)
+    return Layout(n if has_header else n - 1, delimiter, names, has_header, cols, guessed)
 
 
 def _delimiter(line):
@@ -227,12 +260,19 @@ def _delimiter(line):
     return "::" if "::" in line else max("\t,;|", key=line.count)  # a tie goes to the earlier
 
 
-def _split(line, delimiter):
-    """A line's fields: by the csv module's rules (quotes) for tab, comma and ';', else a plain split."""
+def _split(line, delimiter, where, n):
+    """Line n's fields, each stripped of spaces: by the csv module's rules (quotes) for tab, comma and ';'."""
     line = line.rstrip("\r\n")
     if '"' in line and delimiter in "\t,;":
-        return next(csv.reader([line], delimiter=delimiter))
-    return line.split(delimiter)  # '|' and '::': MovieLens's u.item and movies.dat quote nothing
+        try:  # skipinitialspace: `1, "Heat, The", 5` as people type it
+            fields = next(csv.reader([line], delimiter=delimiter, skipinitialspace=True))
+        except csv.Error as e:
+            why = str(e).split(" - ")[0]  # not its advice to open the file in universal-newline mode
+            raise DataError(f"{where}, line {n}: not readable as CSV ({why}); check that it is a text "
+                            "file of ratings, and fix or remove that line") from None
+    else:
+        fields = line.split(delimiter)  # '|' and '::': MovieLens's u.item and movies.dat quote nothing
+    return [s.strip() for s in fields]
 
 
 def _norm(name):
@@ -262,22 +302,23 @@ def _pick(where, names, wanted, has_header):
             cols[role] = i
     for role in wanted:  # userId, movieId, rating, timestamp and their common spellings
         if role not in cols and has_header:
-            known = [i for i, s in enumerate(names) if _norm(s) in ROLE_NAMES[role]]
-            known = [i for i in known if i not in cols.values()]
+            known = [i for i, s in enumerate(names)
+                     if _norm(s) in ROLE_NAMES[role] and i not in cols.values()]
+            known.sort(key=lambda i: _norm(names[i]).endswith("title"))  # movieId before movie_title
             if known:
                 cols[role] = known[0]
-    for role in ROLES:
-        if role not in cols:
-            left = [i for i in range(len(names)) if i not in cols.values()]
-            if not left:
-                raise DataError(f"{where}: no column is left for the {role} (columns found: {found}); "
-                                f"pick it with --{role}-col")
-            cols[role] = left[0]
+    guessed = tuple(role for role in ROLES if role not in cols)
+    for role in guessed:
+        left = [i for i in range(len(names)) if i not in cols.values()]
+        if not left:
+            raise DataError(f"{where}: no column is left for the {role} (columns found: {found}); "
+                            f"pick it with --{role}-col")
+        cols[role] = left[0]
     for i in cols.values():
         if names.count(names[i]) > 1:
             raise DataError(f"{where}: {names.count(names[i])} columns are named {names[i]!r}; rename them so"
                             " that user, item and rating each have a column of their own")
-    return cols
+    return cols, guessed
 
 
 def _column(where, names, name, found, has_header):
@@ -333,6 +374,7 @@ def _parse_chunk(chunk, delimiter, dtype):
         if b"," in chunk:  # it would become a delimiter too
             return None
         chunk, delimiter = chunk.replace(b"::", b","), ","
+    chunk = _unpad(chunk, delimiter.encode())
     if not chunk.strip(b"\n"):  # blank lines only
         return np.zeros(0, dtype)
     if not chunk.isascii():  # then the encoding matters: the exact reader works it out
@@ -349,6 +391,19 @@ def _parse_chunk(chunk, delimiter, dtype):
         column = rows[name]
         n_bytes += _n_digits(column) if column.dtype.kind == "i" else np.strings.str_len(column).sum()
     return rows if n_bytes == len(chunk) else None
+
+
+def _unpad(chunk, d):
+    """Lines of bytes without spaces typed around fields (tabs too, unless they split fields): `1, 10, 5`."""
+    for pad in b" \t".replace(d, b""):
+        pad = bytes([pad])
+        if pad not in chunk:  # a plain file pays for this check only
+            continue
+        chunk = chunk.strip(pad)
+        for padded, bare in ((pad + d, d), (d + pad, d), (pad + b"\n", b"\n"), (b"\n" + pad, b"\n")):
+            while padded in chunk:  # a run of n spaces goes in n passes, each a fast bytes.replace
+                chunk = chunk.replace(padded, bare)
+    return chunk  # a space left (' \t ,') makes the byte count below fail: the exact reader strips it
 
 
 def _n_digits(v):
@@ -395,7 +450,7 @@ def _read_exact(where, opener, layout, encoding, quiet):
         for n, line in enumerate(io.TextIOWrapper(raw, encoding=encoding, newline=""), 1):
             if n <= layout.skip or not line.strip() or line.startswith("#"):
                 continue
-            row = _split(line, layout.delimiter)
+            row = _split(line, layout.delimiter, where, n)
             if len(row) < need:
                 needed = ", ".join(_show(layout.names[i]) for i in cols.values())
                 raise DataError(f"{where}, line {n}: too few fields ({len(row)}, and {needed} need {need}); "
@@ -451,19 +506,19 @@ def _read_titles(where, opener, int_ids, encoding=None):
         opener = _unwrap(where, opener)
         encoding = encoding or _encoding(opener)
         with opener() as raw:
-            for line in io.TextIOWrapper(raw, encoding=encoding, newline=""):
+            for n, line in enumerate(io.TextIOWrapper(raw, encoding=encoding, newline=""), 1):
                 if not line.strip() or line.startswith("#"):
                     continue
                 if id_col is None:  # the first line: a header, or already a movie
                     delimiter = _delimiter(line)
-                    names = [_norm(s) for s in _split(line, delimiter)]
+                    names = [_norm(s) for s in _split(line, delimiter, where, n)]
                     has_header = "title" in names or names[0] in ROLE_NAMES["item"]
                     ids = [i for i, s in enumerate(names) if s in ROLE_NAMES["item"]] if has_header else []
                     id_col = (ids or [0])[0]
                     title_col = names.index("title") if "title" in names else 1
                     if has_header:
                         continue
-                row = _split(line, delimiter)
+                row = _split(line, delimiter, where, n)
                 if len(row) > max(id_col, title_col):
                     key = row[id_col]
                     titles[int(key) if int_ids and _is_plain_int(key) else key] = row[title_col]  # like items
@@ -738,9 +793,13 @@ def main(argv=None):
         print("error: interrupted; run again, a half-done download is discarded", file=sys.stderr)
         return 130
     n_users, n_items = len(np.unique(data["user"])), len(np.unique(data["item"]))
-    print(f"{args.name}: {len(data['rating']):,} ratings, {n_users:,} users, {n_items:,} items, "
-          f"mean rating {data['rating'].mean():.3f}; item 1 is {data['titles'].get(1)!r}")
-    print(f"source: {data['source']}\npath:   {data['path']}")
+    try:
+        print(f"{args.name}: {len(data['rating']):,} ratings, {n_users:,} users, {n_items:,} items, "
+              f"mean rating {data['rating'].mean():.3f}; item 1 is {data['titles'].get(1)!r}")
+        print(f"source: {data['source']}\npath:   {data['path']}")
+        sys.stdout.flush()  # a closed stdout shows here, not in the flush at exit
+    except BrokenPipeError:  # stdout closed early (| head): stop quietly, the exit's flush too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -1589,7 +1589,7 @@ def test_a_file_without_header_is_all_data_with_a_warning_and_numbered_columns(t
 
 # ---- ids: int64 only when every one is written as str(int(s)) writes it --------------------------------------
 
-@pytest.mark.parametrize("odd, plain", [("007", "7"), ("+3", "3"), ("1_1", "11"), ("٣", "3"), (" 7", "7"),
+@pytest.mark.parametrize("odd, plain", [("007", "7"), ("+3", "3"), ("1_1", "11"), ("٣", "3"), ("7 7", "77"),
                                         ("-0", "0"), ("7.0", "7"), ("9223372036854775808", "1")])
 def test_ids_that_are_not_plain_ints_keep_the_column_as_text_so_nothing_merges(tmp_path, capsys, odd, plain):
     data = read_ratings(write(tmp_path / "r.csv", f"u,i,r\n1,{odd},3\n2,{plain},4\n"))
@@ -1772,6 +1772,152 @@ def test_a_failed_download_says_to_fetch_the_zip_by_hand(name, tmp_path, monkeyp
 
 def test_unknown_name_lists_every_name(tmp_path):
     assert f"choose one of {', '.join(NAMES)}" in one_line_error(load_movielens, "ml-2m", dir=tmp_path)
+
+
+CHOOSE = "if that is wrong, choose with --user-col, --item-col, --rating-col"
+
+
+def fast_reader_only(monkeypatch):
+    monkeypatch.setattr(data_fetch, "_read_exact", lambda *args: pytest.fail("the exact reader ran"))
+
+
+# ---- data_fetch.py: columns taken by position under a header are said aloud, once ------------------------------------------
+
+def test_a_header_of_unknown_names_takes_columns_by_position_and_says_which(tmp_path, capsys):
+    path = write(tmp_path / "r.csv", "film,viewer,score\nHeat,ann,5\nAlien,bob,4\n")
+    data = read_ratings(path)  # 'score' is a rating by name; film and viewer are taken as they come
+    assert data["user"].tolist() == ["Heat", "Alien"] and data["item"].tolist() == ["ann", "bob"]
+    assert capsys.readouterr().err == (f"warning: {path}: the header names no user or item column we know, so "
+                                       f"columns were taken by position: film as user, viewer as item; {CHOOSE}\n")
+    data = read_ratings(path, user_col="viewer", item_col="film")  # named: nothing to say
+    assert data["user"].tolist() == ["ann", "bob"] and capsys.readouterr().err == ""
+    read_ratings(path, quiet=True)
+    assert capsys.readouterr().err == ""
+    read_ratings(write(tmp_path / "t.csv", "a,b,c\n1,2,3\n"))
+    assert capsys.readouterr().err == (f"warning: {tmp_path / 't.csv'}: the header names no user, item or rating "
+                                       f"column we know, so columns were taken by position: a as user, b as item, "
+                                       f"c as rating; {CHOOSE}\n")
+    read_ratings(write(tmp_path / "s.csv", "who,what,how\nann,Heat,5\n"), item_col="what")
+    assert capsys.readouterr().err == (f"warning: {tmp_path / 's.csv'}: the header names no user or rating column "
+                                       f"we know, so columns were taken by position: who as user, how as rating; "
+                                       f"{CHOOSE}\n")
+
+
+@pytest.mark.parametrize("text, user, item", [
+    ("userId,movieId,rating,timestamp\n7,10,4,99\n", [7], [10]),
+    ("user,item,rating\n7,10,4\n", [7], [10]),
+    ("movie_title,user_name,rating\nHeat,ann,4\n", ["ann"], ["Heat"]),  # recognised, so the film is the item
+    ("movie_title,movieId,userId,rating\nHeat,10,7,4\n", [7], [10]),  # an id column wins over a title
+])
+def test_columns_named_or_known_by_name_take_no_warning(tmp_path, capsys, text, user, item):
+    data = read_ratings(write(tmp_path / "r.csv", text))
+    assert (data["user"].tolist(), data["item"].tolist(), data["rating"].tolist()) == (user, item, [4.0])
+    assert capsys.readouterr().err == ""
+
+
+def test_every_column_named_by_the_caller_takes_no_warning(tmp_path, capsys):
+    data = read_ratings(write(tmp_path / "r.csv", "a,b,c\n7,10,4\n"), user_col="b", item_col="a", rating_col="c")
+    assert (data["user"].tolist(), data["item"].tolist()) == ([10], [7]) and capsys.readouterr().err == ""
+
+
+# ---- B. CR line ends read; whatever the csv module cannot read is a one-line error naming the line --------------
+
+@pytest.mark.parametrize("text, expected", [
+    ('user,item,rating\n1,"A, The",5\n2,b,4\n', {"user": [1, 2], "item": ["A, The", "b"], "rating": [5.0, 4.0]}),
+    ("user,item,rating\n1,a,5\n2,b,4\n", {"user": [1, 2], "item": ["a", "b"], "rating": [5.0, 4.0]}),
+    ("userId,movieId,rating\n1,10,5\n\n2,9,4.5\n", {"user": [1, 2], "item": [10, 9], "rating": [5.0, 4.5]}),
+], ids=["quoted", "words", "numbers"])
+def test_old_mac_cr_line_ends_read_as_line_ends(tmp_path, monkeypatch, text, expected):
+    write(tmp_path / "movies.csv", 'movieId,title\r9,"Heat, The (1995)"\r10,Alien (1979)\r')
+    key = int if expected["item"][0] == 10 else str  # titles are keyed as the items are
+    titles = {key(9): "Heat, The (1995)", key(10): "Alien (1979)"}
+    cr = write(tmp_path / "ratings.csv", text.replace("\n", "\r"))
+    assert as_lists(read_ratings(cr)) == {**expected, "titles": titles}
+    exact_reader_only(monkeypatch)
+    assert as_lists(read_ratings(cr)) == {**expected, "titles": titles}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'\x80"\rA,B,C\n1,2,3\n', "line 1: not readable as CSV (new-line character seen in unquoted field); check "
+                               "that it is a text file of ratings, and fix or remove that line"),
+    ('u,i,r\n1,2,3\n1,"' + "x" * 200_000 + '",3\n', "line 3: not readable as CSV (field larger than field limit "
+                                                     "(131072))"),
+], ids=["binary-without-nul", "huge-field"])
+def test_a_line_the_csv_module_cannot_read_is_a_one_line_error_naming_it(tmp_path, content, message):
+    path = write(tmp_path / "r.csv", content)
+    assert f"{path}, {message}" in one_line_error(read_ratings, path)
+
+
+def test_a_movies_csv_the_csv_module_cannot_read_costs_only_the_titles(tmp_path, capsys):
+    movies = write(tmp_path / "movies.csv", 'movieId,title\n10,"' + "x" * 200_000 + '"\n')
+    data = read_ratings(write(tmp_path / "ratings.csv", "userId,movieId,rating\n1,10,5\n"))
+    assert as_lists(data) == {"user": [1], "item": [10], "rating": [5.0], "titles": {}}
+    assert capsys.readouterr().err == (f"warning: {movies}, line 2: not readable as CSV (field larger than field "
+                                       "limit (131072)); check that it is a text file of ratings, and fix or "
+                                       "remove that line; going on without titles\n")
+
+
+# ---- C. spaces around fields are stripped, by the fast reader and the exact one alike --------------------------
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|", "::"])
+@pytest.mark.parametrize("reader", [fast_reader_only, exact_reader_only])
+def test_spaces_typed_around_fields_are_stripped_so_ids_stay_ints_and_match_movies_csv(tmp_path, monkeypatch,
+                                                                                       reader, delimiter):
+    write(tmp_path / "movies.csv", "movieId,title\n10,Heat (1995)\n")
+    lines = ["userId, movieId , rating", "1, 10, 5", "2,10 ,4", " 3 ,  10\t,\t3.5 ", "", "   "]
+    text = "\n".join(lines) + "\n"
+    text = (text.replace("\t", " ") if delimiter == "\t" else text).replace(",", delimiter)  # tabs split fields
+    reader(monkeypatch)
+    data = read_ratings(write(tmp_path / "ratings.csv", text))
+    assert data["user"].dtype == data["item"].dtype == np.int64
+    assert as_lists(data) == {"user": [1, 2, 3], "item": [10, 10, 10], "rating": [5.0, 4.0, 3.5],
+                              "titles": {10: "Heat (1995)"}}
+
+
+def test_stripped_ids_keep_the_plain_int_rule_and_their_inner_spaces(tmp_path, monkeypatch, capsys):
+    text = 'u,i,r\n1, 007 ,3\n2, 7,4\n3,"7 7" ,2\n4, "Heat, The" , 1 \n'
+    data = read_ratings(write(tmp_path / "r.csv", text))
+    assert data["item"].tolist() == ["007", "7", "7 7", "Heat, The"] and data["user"].dtype == np.int64
+    assert data["rating"].tolist() == [3.0, 4.0, 2.0, 1.0] and "item ids are kept as text" in capsys.readouterr().err
+
+
+def test_fast_and_exact_readers_agree_on_randomly_padded_files(tmp_path, monkeypatch):
+    g = np.random.default_rng(2)
+    n = 2000
+    users, items, ratings = g.integers(-5, 10**9, n), g.integers(0, 300, n), g.integers(1, 11, n) / 2
+    pads = ["", "", " ", "  ", "\t"]  # a plain file, mostly, as by hand
+    pad = lambda: pads[g.integers(len(pads))]
+    rows = [f"{pad()}{u}{pad()},{pad()}{i}{pad()},{pad()}{r}{pad()}\n" for u, i, r in zip(users, items, ratings)]
+    path = write(tmp_path / "r.csv", "user,item,rating\n" + "".join(rows))
+    monkeypatch.setattr(data_fetch, "CHUNK", 1000)  # dozens of chunks, each cut at a line end
+    with monkeypatch.context() as m:
+        fast_reader_only(m)
+        fast = read_ratings(path)
+    exact_reader_only(monkeypatch)
+    exact = read_ratings(path)
+    for data in (fast, exact):
+        assert data["user"].dtype == data["item"].dtype == np.int64
+        assert np.array_equal(data["user"], users) and np.array_equal(data["item"], items)
+        assert np.array_equal(data["rating"], ratings.astype(np.float32))
+
+
+# ---- D. a closed stdout ends the program quietly ---------------------------------------------------------------
+
+def test_a_closed_stdout_ends_data_fetch_quietly(tmp_path):
+    src = tmp_path / "latest.zip"
+    with zipfile.ZipFile(src, "w") as z:  # ml-latest-small has no pinned hash: it is checked by reading it
+        z.writestr("ml-latest-small/ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,9\n2,1,3.5,9\n")
+        z.writestr("ml-latest-small/movies.csv", "movieId,title,genres\n1,Toy Story (1995),Animation\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `| head -0` leaves it: the first write fails with EPIPE
+    try:
+        r = subprocess.run([sys.executable, "data_fetch.py", "--name", "ml-latest-small", "--dir", str(tmp_path / "c"),
+                            "--from-file", str(src)], cwd=HERE, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                           stdin=subprocess.DEVNULL, timeout=120)
+    finally:
+        os.close(write_end)
+    cached = tmp_path / "c" / "ml-latest-small.zip"
+    assert (r.returncode, r.stderr) == (0, f"ml-latest-small: 2 ratings from file {src} (cached at {cached})\n")
 
 
 # ---- end to end: the real MovieLens-100k (data_fetch.py, then minicollab's defaults) ----------------------------
