@@ -295,7 +295,8 @@ class Collab:
 # --- 8. The command line ---------------------------------------------------------------------
 # bs and wd follow the data's size: an epoch is at most ~320 steps, as each step's Adam costs every
 # parameter; and wd = lam / n_train puts the same L2 on each row at any size.
-DEFAULTS = dict(dot=dict(lr=1.5e-2, lam=12.0, bs=2048), nn=dict(lr=5e-3, lam=8.0, bs=2048))
+DEFAULTS = dict(dot=dict(epochs=5, lr=0.015, lam=16.0, bs=1024),
+                nn=dict(epochs=6, lr=0.04, lam=8.0, bs=1024, layers=(16,)))
 RANGES = dict(epochs=(int, 1, 10_000), lr=(float, 1e-9, 10.0), wd=(float, 0.0, 10.0),
               bs=(int, 1, 2 ** 31), factors=(int, 1, 10_000), seed=(int, 0, 2 ** 63 - 1),
               valid_pct=(float, 1e-9, 0.999999999), top=(int, 1, 100_000))
@@ -392,7 +393,7 @@ def train(a):
     torch.manual_seed(a.seed or 0)
     if a.model == "nn":
         embs = get_emb_sz(len(users.ids), len(items.ids))
-        model = CollabNN(*embs, a.layers or (100, 50), y_range=y_range)
+        model = CollabNN(*embs, a.layers or hp["layers"], y_range=y_range)
     else:
         model = DotProductBias(len(users.ids), len(items.ids), a.factors or 50, y_range)
     print(f"{len(y):,} ratings, {len(users.ids):,} users, {len(items.ids):,} items")
@@ -401,7 +402,7 @@ def train(a):
     del x, y, t, v
     if a.lr_find:
         return print(f"suggested learning rate: {lr_find(model, train, bs=bs, wd=wd)[0]:.1e}")
-    start, epochs = time.perf_counter(), a.epochs or 5
+    start, epochs = time.perf_counter(), a.epochs or hp["epochs"]
     fit_one_cycle(model, train, valid, epochs, a.lr or hp["lr"], wd, bs, a.seed or 0,
                   progress=show_progress)
     print(f"fit: {epochs} epochs in {time.perf_counter() - start:.2f} s on {device}")

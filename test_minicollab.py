@@ -862,7 +862,7 @@ def test_the_defaults_follow_the_datas_size(tmp_path, capsys, monkeypatch):
     run_main(["--ratings", str(ratings), "--model", "dot"], capsys)
     run_main(["--ratings", str(ratings), "--bs", "64", "--wd", "0.5", "--lr", "0.1", "--epochs", "3"], capsys)
     (epochs, lr, wd, bs, seed), big, given = seen[0][:5], seen[1], seen[2]
-    assert (epochs, lr, bs, seed) == (5, DEFAULTS["dot"]["lr"], 2048, 0) and wd == pytest.approx(12 / 2560)
+    assert (epochs, lr, bs, seed) == (5, DEFAULTS["dot"]["lr"], 1024, 0) and wd == pytest.approx(16 / 2560)
     assert big[3] == 8 and given[:4] == (3, 0.1, 0.5, 64)  # 2,560 / 320 = 8; what is given is used
 
 
