@@ -752,6 +752,10 @@ def _remove_stale(d):
 
 def load(name=None, ratings=None, user_col=None, item_col=None, rating_col=None):
     """minicollab's data: a ratings file of one's own, else a MovieLens by name (ml-100k by default)."""
+    if name and ratings:
+        raise DataError("give --data NAME or --ratings FILE, not both")
+    if (user_col or item_col or rating_col) and not ratings:
+        raise DataError("--user-col and the like pick columns of --ratings FILE")
     if ratings:
         return read_ratings(ratings, user_col, item_col, rating_col)
     return load_movielens(name or "ml-100k")

@@ -181,11 +181,10 @@ def similar(c, title, n=5, min_ratings=20):
 
 def pca(c, k=3, n_top=1000):
     """The factors of the n_top most-rated movies on k principal components, and those movies."""
-    counts = torch.bincount(c.rated % len(c.items.ids), minlength=len(c.items.ids))
-    top = counts.argsort(descending=True)
-    factors = c.model.movie_factors.detach().cpu()[top[:n_top]]
+    top = torch.bincount(c.rated % len(c.items.ids)).argsort(descending=True)[:n_top]
+    factors = c.model.movie_factors.detach().cpu()[top]
     factors = factors - factors.mean(0)
-    return factors @ torch.linalg.svd(factors, full_matrices=False)[2][:k].T, top[:n_top].tolist()
+    return factors @ torch.linalg.svd(factors, full_matrices=False)[2][:k].T, top.tolist()
 
 # --- 6. Deep learning for collaborative filtering --------------------------------------------
 
@@ -251,18 +250,16 @@ class Collab:
         y, i = torch.tensor(ratings, dtype=torch.float32), torch.as_tensor(self.items.encode(items))
         if len(i) != len(y) or not len(y) or not y.isfinite().all():
             raise ValueError(f"fold_in needs one finite rating per item; got {items} and {ratings}")
-        m = self.model.eval()  # no dropout
-        names = [k for k in ("user_factors", "user_bias") if hasattr(m, k)]
-        old, new = [getattr(m, k) for k in names], []
-        for k, p in zip(names, old):  # the new user alone, as row 0; items and net stay as trained
-            new.append(nn.Parameter(p.detach().new_zeros(1, *p.shape[1:])))
-            setattr(m, k, new[-1])
-        opt, x = Adam(new), torch.stack([0 * i, i], 1).to(new[0].device)
+        m, params = self.model.eval(), {k: p.detach() for k, p in self.model.named_parameters()}
+        rows = {k: nn.Parameter(torch.zeros_like(params[k][:1])) for k in params if "user" in k}
+        opt, x = Adam(rows.values()), torch.stack([0 * i, i], 1).to(rows["user_factors"].device)
+
+        def one_user(x):  # the model with the new user as its only user, all else as trained
+            return torch.func.functional_call(m, params | rows, x)
         for _ in range(steps):
-            train_step(m, opt, x, y.to(x.device), lr, 0.9, wd)
-        for k, a, b in zip(names, old, new):
-            setattr(m, k, nn.Parameter(torch.cat([a.detach(), b.detach()])))
-        m.zero_grad(set_to_none=True)
+            train_step(one_user, opt, x, y.to(x.device), lr, 0.9, wd)
+        for k, row in rows.items():
+            setattr(m, k, nn.Parameter(torch.cat([params[k], row.detach()])))
         self.rated = torch.cat([self.rated, len(self.users.ids) * len(self.items.ids) + i.unique()])
         self.users = IdMap(self.users.ids + [user], "user")
 
@@ -333,15 +330,12 @@ def parse_args(argv=None):
             fail(f"--{k} {getattr(a, k)} is out of range: give {lo} to {hi}".replace("_", "-"))
     trains = [k for k in [*RANGES][:-1] + TRAINING if getattr(a, k) is not None]
     trains = [f"--{k}".replace("_", "-") for k in trains]
-    cols, writes = a.user_col or a.item_col or a.rating_col, [a.save, a.plot]
-    unwritable = [p for p in writes if p and (os.path.isdir(p) or
+    unwritable = [p for p in [a.save, a.plot] if p and (os.path.isdir(p) or
                   not os.path.isdir(os.path.dirname(os.path.abspath(p))))]
     asks = a.save or a.load or a.recommend or a.similar or a.plot
     mpl = not a.plot or importlib.util.find_spec("matplotlib")
     for bad, message in [
         (a.load and trains, f"--load uses a saved model as it is: drop {', '.join(trains)}"),
-        (a.data and a.ratings, "give --data NAME or --ratings FILE, not both"),
-        (cols and not a.ratings, "--user-col and the like pick columns of --ratings FILE"),
         (a.layers and a.model != "nn", "--layers are CollabNN's hidden layers: add --model nn"),
         (a.factors and a.model == "nn", "--factors is DotProductBias's: drop it"),
         (a.layers and not all(1 <= n <= 10_000 for n in a.layers), "--layers: sizes 1 to 10000"),
