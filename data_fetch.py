@@ -302,11 +302,15 @@ def _pick(where, names, wanted, has_header):
             cols[role] = i
     for role in wanted:  # userId, movieId, rating, timestamp and their common spellings
         if role not in cols and has_header:
-            known = [i for i, s in enumerate(names)
-                     if _norm(s) in ROLE_NAMES[role] and i not in cols.values()]
-            known.sort(key=lambda i: _norm(names[i]).endswith("title"))  # movieId before movie_title
-            if known:
-                cols[role] = known[0]
+            known = [i for i, s in enumerate(names) if _norm(s) in ROLE_NAMES[role]]
+            free = sorted((i for i in known if i not in cols.values()),
+                          key=lambda i: _norm(names[i]).endswith("title"))  # movieId before movie_title
+            if free:
+                cols[role] = free[0]
+            elif known and role in ROLES:  # --user-col rating: the rating would silently become userId
+                other = next(r for r, j in cols.items() if j == known[0])
+                raise DataError(f"{where}: column {names[known[0]]!r} is the {role} by its name, and "
+                                f"--{other}-col takes it for the {other}; name the {role} with --{role}-col")
     guessed = tuple(role for role in ROLES if role not in cols)
     for role in guessed:
         left = [i for i in range(len(names)) if i not in cols.values()]
@@ -756,9 +760,12 @@ def load(name=None, ratings=None, user_col=None, item_col=None, rating_col=None)
         raise DataError("give --data NAME or --ratings FILE, not both")
     if (user_col or item_col or rating_col) and not ratings:
         raise DataError("--user-col and the like pick columns of --ratings FILE")
-    if ratings:
-        return read_ratings(ratings, user_col, item_col, rating_col)
-    return load_movielens(name or "ml-100k")
+    if not ratings:
+        return load_movielens(name or "ml-100k")
+    data = read_ratings(ratings, user_col, item_col, rating_col)
+    if len(data["rating"]) < 2:
+        raise DataError(f"{ratings} holds 1 rating; training and validating need at least two")
+    return data
 
 
 def load_movielens(name="ml-100k", dir=None, from_file=None, quiet=False):

@@ -238,16 +238,20 @@ class Collab:
         u = self.users.encode(user)[0]
         lo, hi = torch.searchsorted(self.rated, torch.tensor([u, u + 1]) * len(scores))
         scores[self.rated[lo:hi] % len(scores)] = -math.inf  # never what they rated, train or valid
-        top = scores.topk(min(n, int(scores.isfinite().sum())))
+        top = scores.topk(min(max(n, 0), int(scores.isfinite().sum())))
         return [(self.title(i), float(r)) for r, i in zip(top.values, top.indices.tolist())]
 
     def fold_in(self, user, items, ratings, steps=100, lr=0.05, wd=1.0):
         """Add a user unseen in training from a few (item, rating) pairs, fitting only their row."""
-        if isinstance(self.users.ids[0], int) and isinstance(user, (float, np.number)):
-            user = int(user) if user % 1 == 0 else user  # pandas hands over 3000.0 for user 3000
-        if type(user) is not type(self.users.ids[0]) or user in self.users.o2i:
-            raise ValueError(f"user {user!r} is in the model already, or not an id like theirs")
-        y, i = torch.tensor(ratings, dtype=torch.float32), torch.as_tensor(self.items.encode(items))
+        user, like = np.asarray(user).item(), self.users.ids[0]  # numpy's and torch's as Python's
+        if isinstance(like, int) and isinstance(user, float) and user.is_integer():
+            user = int(user)  # pandas hands over 3000.0 for user 3000
+        if user in self.users.o2i:
+            raise ValueError(f"user {user!r} is in the model already")
+        if type(user) is not type(like):
+            raise ValueError(f"user {user!r} is not an id like the model's, such as {like!r}")
+        y = torch.as_tensor(np.atleast_1d(np.asarray(ratings, dtype=np.float32)))
+        i = torch.as_tensor(self.items.encode(items))
         if len(i) != len(y) or not len(y) or not y.isfinite().all():
             raise ValueError(f"fold_in needs one finite rating per item; got {items} and {ratings}")
         m, params = self.model.eval(), {k: p.detach() for k, p in self.model.named_parameters()}
@@ -330,9 +334,8 @@ def parse_args(argv=None):
             fail(f"--{k} {getattr(a, k)} is out of range: give {lo} to {hi}".replace("_", "-"))
     trains = [k for k in [*RANGES][:-1] + TRAINING if getattr(a, k) is not None]
     trains = [f"--{k}".replace("_", "-") for k in trains]
-    unwritable = [p for p in [a.save, a.plot] if p and (os.path.isdir(p) or
-                  not os.path.isdir(os.path.dirname(os.path.abspath(p))))]
-    asks = a.save or a.load or a.recommend or a.similar or a.plot
+    unwritable = [p for p in [a.save, a.plot] if p and not writable(p)]
+    asks = a.save or a.load or a.recommend or a.similar or a.plot or a.top or a.epochs or a.lr
     mpl = not a.plot or importlib.util.find_spec("matplotlib")
     for bad, message in [
         (a.load and trains, f"--load uses a saved model as it is: drop {', '.join(trains)}"),
@@ -341,13 +344,23 @@ def parse_args(argv=None):
         (a.layers and not all(1 <= n <= 10_000 for n in a.layers), "--layers: sizes 1 to 10000"),
         (a.lr_find and asks, "--lr-find only suggests a learning rate: give it alone"),
         (unwritable, f"cannot write {' or '.join(unwritable)}: name a file in an existing folder"),
-        (a.plot and a.plot[-4:] not in (".png", ".pdf", ".svg"),
+        (a.plot and a.plot[-4:].lower() not in (".png", ".pdf", ".svg"),
          f"--plot {a.plot}: give a file name ending in .png, .pdf or .svg"),
         (a.plot and (a.factors or 3) < 3, "--plot shows components 0 and 2: needs --factors 3+"),
         (not mpl, "--plot needs matplotlib: pip install matplotlib")]:
         if bad:
             fail(message)
+    get_device(a.device)  # refused here, before the data is read
     return a
+
+def writable(path):
+    """Whether a file can be written at path: tried with path.partial, which is then removed."""
+    try:
+        open(f"{path}.partial", "wb").close()
+        os.remove(f"{path}.partial")
+    except OSError:
+        return False
+    return not os.path.isdir(path)
 
 def get_device(name="auto"):
     """'auto' is CUDA when there is a GPU, else the CPU; a device that cannot be used is refused."""
@@ -366,7 +379,7 @@ def show_progress(step, steps, seconds):
 
 def as_id(s, ids):
     """A command-line string as the type of these ids: '42' is user 42 where the ids are ints."""
-    return int(s) if isinstance(ids.ids[0], int) and s.isascii() and s.lstrip("-").isdigit() else s
+    return int(s) if isinstance(ids.ids[0], int) and s.isascii() and s.removeprefix("-").isdigit() else s
 
 def train(a):
     """Read the data, split it, train the model the flags ask for; returns a Collab."""
@@ -417,7 +430,7 @@ def report(c, a, lambs="Silence of the Lambs, The (1991)"):
     if a.recommend is not None or tour:
         user = c.users.ids[0] if tour else as_id(a.recommend, c.users)
         top = c.recommend(user, a.top or 5)
-        show(f"top {a.top or 5} for user {user}:", (f"{r:.2f}  {t}" for t, r in top))
+        show(f"top {len(top)} for user {user}:", (f"{r:.2f}  {t}" for t, r in top))
     if a.plot:
         plot_pca(c, a.plot)
         print(f"saved the PCA plot to {a.plot}")
@@ -429,7 +442,7 @@ def plot_pca(c, path, n=50):
     import matplotlib.pyplot as plt
     comps, items = c.pca(3)
     if comps.shape[1] < 3:
-        raise ValueError("--plot shows principal components 0 and 2: train --factors 3 or more")
+        raise ValueError("--plot shows principal components 0 and 2: needs 3+ factors and items")
     fig, ax = plt.subplots(figsize=(12, 12))
     ax.scatter(comps[:n, 0], comps[:n, 2])
     for (x, _, y), i in zip(comps[:n].tolist(), items[:n]):

@@ -635,10 +635,28 @@ def test_fold_in_of_a_float_user_id_as_pandas_gives_it_keeps_the_ids_ints(tmp_pa
     assert code == 0
 
 
+def test_fold_in_takes_numpy_and_torch_scalars_and_single_ratings_as_predict_does():
+    for user in (torch.tensor(40), np.int64(40), np.float32(40.0), np.array([40])):
+        c = tiny_collab()
+        c.fold_in(user, "a", 5)  # one item and one rating, not in lists
+        assert c.users.ids[-1] == 40 and type(c.users.ids[-1]) is int and rated_by(c, 40) == {"a"}
+    c = tiny_collab()
+    c.fold_in(40, np.array(["a", "b"]), torch.tensor([5.0, 1.0]))
+    c.fold_in(50, ["a"], ["4"])  # a rating read from a text file
+    assert c.predict(40, "a") > c.predict(40, "b") and c.users.ids == [10, 20, 30, 40, 50]
+    s = Collab(c.model, IdMap(["x", "y", "z", "v", "w"], "user"), c.items, c.titles, c.rated)
+    s.fold_in(np.str_("new"), ["a"], [4.0])
+    assert s.users.ids[-1] == "new" and type(s.users.ids[-1]) is str
+
+
+def test_recommend_asked_for_no_items_gives_none():
+    assert tiny_collab().recommend(30, n=0) == tiny_collab().recommend(30, n=-1) == []
+
+
 @pytest.mark.parametrize("user, items, ratings, message", [
     (40, ["a"], [math.nan], "finite rating"), (40, ["a", "b"], [5.0, math.inf], "finite rating"),
     (40, ["a", "b", "c"], [5.0, 1.0], "one finite rating per item"), (40, ["a", "b"], [5.0], "per item"),
-    (40, [], [], "per item"), ("40", ["a"], [4.0], "not an id like theirs"), (40.5, ["a"], [4.0], "not an id"),
+    (40, [], [], "per item"), ("40", ["a"], [4.0], "not an id like the model's, such as 10"), (40.5, ["a"], [4.0], "not an id"),
     (20, ["a"], [4.0], "in the model already"), (40, ["z"], [4.0], "unknown item 'z'")])
 def test_a_bad_fold_in_is_refused_and_changes_nothing(user, items, ratings, message):
     c = tiny_collab()
@@ -780,10 +798,38 @@ def error_line(code, err):
     (["--plot", "/no/such/dir/p.png"], "cannot write /no/such/dir/p.png: name a file"),
     (["--data", "ml-1m"], "give --data NAME or --ratings FILE"),
     (["--recommend", "99"], "unknown user 99"), (["--recommend", "one"], "unknown user 'one'"),
+    (["--recommend=--5"], "unknown user '--5'"), (["--lr-find", "--epochs", "3"], "give it alone"),
+    (["--lr-find", "--lr", "0.1"], "give it alone"),
+    *[(["--save", "/proc/m.pt"], "cannot write /proc/m.pt")] * os.path.isdir("/proc"),  # an existing folder
 ])
 def test_command_line_bad_settings_are_one_line_errors_before_training(tiny_csv, capsys, flags, message):
     code, out, err = run_main(["--ratings", str(tiny_csv), "--device", "cpu", *flags], capsys)
     assert message in error_line(code, err) and "train_loss" not in out  # refused before any training
+
+
+def test_a_device_that_cannot_be_used_is_refused_before_the_data_is_read(tmp_path, capsys):
+    code, _, err = run_main(["--ratings", str(tmp_path / "missing.csv"), "--device", "mps"], capsys)
+    assert "--device mps: not usable here" in error_line(code, err)
+
+
+def test_plot_file_suffixes_in_capitals_are_taken(tmp_path, monkeypatch):
+    monkeypatch.setattr(minicollab.importlib.util, "find_spec", lambda name: True)  # as if matplotlib were here
+    assert minicollab.parse_args(["--plot", str(tmp_path / "P.PNG")]).plot == str(tmp_path / "P.PNG")
+
+
+def test_a_flag_that_takes_a_column_known_by_name_for_another_role_is_refused(tmp_path, capsys):
+    ratings = write(tmp_path / "r.csv", "userId,movieId,rating\n1,10,4\n2,10,3\n2,11,5\n")
+    code, out, err = run_main(["--ratings", str(ratings), "--user-col", "rating"], capsys)
+    assert "column 'rating' is the rating by its name, and --user-col takes it for the user; name the rating " \
+           "with --rating-col" in error_line(code, err) and "train_loss" not in out
+    code, out, err = run_main(["--ratings", str(ratings), "--user-col", "rating", "--rating-col", "userId"], capsys)
+    assert code == 0 and "3 ratings, 3 users, 2 items" in out  # both named: the caller's choice, however odd
+
+
+def test_a_ratings_file_of_one_rating_is_refused_naming_the_file(tmp_path, capsys):
+    one = write(tmp_path / "one.csv", "user,item,rating\n1,1,4\n")
+    code, _, err = run_main(["--ratings", str(one)], capsys)
+    assert f"{one} holds 1 rating; training and validating need at least two" in error_line(code, err)
 
 
 def test_column_flags_without_a_ratings_file_are_refused(capsys):
@@ -813,7 +859,7 @@ def test_recommendations_leave_out_every_rating_the_user_gave_train_and_valid(tm
     ratings = write(tmp_path / "r.csv", "user,item,rating\n" + rows)
     code, out, _ = run_main(["--ratings", str(ratings), "--recommend", "7", "--top", "40", "--save",
                              str(tmp_path / "m.pt")], capsys)
-    top = [line.split()[1] for line in out.split("top 40 for user 7:\n")[1].splitlines()]
+    top = [line.split()[1] for line in out.split("top 10 for user 7:\n")[1].splitlines()]  # 10 unrated
     assert code == 0 and sorted(map(int, top)) == sorted(set(range(40)) - rated[7])  # all 10 others, no more
     c = Collab.load(tmp_path / "m.pt")  # the saved file carries them: no data needed
     for user in (1, 7, 50):
@@ -896,7 +942,7 @@ def test_a_model_saved_by_the_program_loads_in_python_and_back(tiny_csv, tmp_pat
     c.fold_in(7, [1, 2], [5.0, 1.0])
     c.save(tmp_path / "n.pt")
     r = run("--load", str(tmp_path / "n.pt"), "--recommend", "7")
-    assert r.returncode == 0 and r.stderr == "" and len(r.stdout.split("top 5 for user 7:\n")[1].splitlines()) == 3
+    assert r.returncode == 0 and r.stderr == "" and len(r.stdout.split("top 3 for user 7:\n")[1].splitlines()) == 3
 
 
 def test_a_closed_stdout_ends_the_program_quietly(tiny_csv):
