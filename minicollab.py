@@ -379,7 +379,8 @@ def show_progress(step, steps, seconds):
 
 def as_id(s, ids):
     """A command-line string as the type of these ids: '42' is user 42 where the ids are ints."""
-    return int(s) if isinstance(ids.ids[0], int) and s.isascii() and s.removeprefix("-").isdigit() else s
+    digits = s.isascii() and s.removeprefix("-").isdigit()
+    return int(s) if digits and isinstance(ids.ids[0], int) else s
 
 def train(a):
     """Read the data, split it, train the model the flags ask for; returns a Collab."""
