@@ -760,15 +760,15 @@ def load(name=None, ratings=None, user_col=None, item_col=None, rating_col=None)
         raise DataError("give --data NAME or --ratings FILE, not both")
     if (user_col or item_col or rating_col) and not ratings:
         raise DataError("--user-col and the like pick columns of --ratings FILE")
-    if not ratings:
-        return load_movielens(name or "ml-100k")
+    if not ratings:  # where it came from is part of a run's output: stderr is for what went wrong
+        return load_movielens(name or "ml-100k", summary=sys.stdout)
     data = read_ratings(ratings, user_col, item_col, rating_col)
     if len(data["rating"]) < 2:
         raise DataError(f"{ratings} holds 1 rating; training and validating need at least two")
     return data
 
 
-def load_movielens(name="ml-100k", dir=None, from_file=None, quiet=False):
+def load_movielens(name="ml-100k", dir=None, from_file=None, quiet=False, summary=None):
     """MovieLens ratings as numpy arrays plus {item id: title}, fetched and verified first if need be."""
     if name not in URLS:
         raise DataError(f"unknown data set {name!r}; choose one of {', '.join(URLS)}")
@@ -784,7 +784,8 @@ def load_movielens(name="ml-100k", dir=None, from_file=None, quiet=False):
             raise DataError(f"{path}: {e}") from None
     data.update(source=source, path=path)
     if not quiet:
-        print(f"{name}: {len(data['rating']):,} ratings from {source} (cached at {path})", file=sys.stderr)
+        print(f"{name}: {len(data['rating']):,} ratings from {source} (cached at {path})",
+              file=summary or sys.stderr)
     return data
 
 

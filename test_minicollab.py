@@ -1977,6 +1977,9 @@ def test_end_to_end_ml100k_default_run_and_its_recommendations(capsys):
     rated = d["item"][d["user"] == 1]  # train and valid alike
     top = [line.split(maxsplit=1)[1] for line in out.split("top 5 for user 1:\n")[1].splitlines()]
     assert len(top) == 5 and not {d["titles"][i] for i in rated} & set(top) and len(set(rated)) == 272
+    assert err == "" and out.startswith("ml-100k: 100,000 ratings from ")  # where it came from: output
+    code, out, err = run_main(["--recommend", "99999"], capsys)  # refused once the data is known
+    assert error_line(code, err) == "error: unknown user 99999\n" and "train_loss" not in out
 
 
 def test_end_to_end_ml100k_fold_in_beats_the_items_biases_alone():
