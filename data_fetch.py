@@ -57,6 +57,7 @@ STALE = 3600  # seconds after which a temp file is taken to be left over from a 
 CHUNK = 8 << 20  # bytes parsed at a time, cut at a line end: bounds memory, and small buffers are reused
 BATCH = 1 << 20  # rows the exact reader gathers in Python lists before it packs them into numpy arrays
 ROLES = ("user", "item", "rating")
+MAX_RATING = 1e6  # any scale people rate on; far below where float32's squares overflow
 OUT = (*ROLES, "timestamp")  # the order of the arrays in every result
 ROLE_NAMES = {  # header names that give a column its role, compared lower-cased without spaces, '_' or '-'
     "user": {"user", "userid", "users", "uid", "username", "customer", "customerid", "reviewer", "reviewerid",
@@ -351,8 +352,8 @@ def _read_fast(opener, layout):
         while chunk := f.read(CHUNK) + f.readline():  # whole lines only
             rows = _parse_chunk(chunk.removeprefix(codecs.BOM_UTF8), layout.delimiter, dtype)
             ratings = None if rows is None else _ratings(rows[f"c{layout.cols['rating']}"], table)
-            if ratings is None:
-                return None
+            if ratings is None or not (np.abs(ratings) <= MAX_RATING).all():  # NaN, inf, 1e39 too
+                return None  # the exact reader names the line
             for role, i in layout.cols.items():
                 out[role] = _grow(out[role], n + len(rows))
                 out[role][n:n + len(rows)] = ratings if role == "rating" else rows[f"c{i}"]
@@ -468,6 +469,9 @@ def _read_exact(where, opener, layout, encoding, quiet):
                                 "fix or remove that line") from None
             if not math.isfinite(rating):
                 raise DataError(f"{where}, line {n}: rating is {text.strip()}; remove or fill that row")
+            if abs(rating) > MAX_RATING:  # its square would overflow float32 training
+                raise DataError(f"{where}, line {n}: rating {text.strip()} is beyond ±{MAX_RATING:,.0f}; "
+                                "rescale the ratings")
             ratings.append(rating)
             for role, t in texts.items():
                 t.append(row[cols[role]])
@@ -680,8 +684,9 @@ def _writable(d):
         d.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=d).close()
     except OSError as e:
-        raise DataError(f"cannot write to cache directory {d} ({e.strerror or e}); "
-                        f"choose another with --dir DIR or MINICOLLAB_DATA=DIR") from None
+        why = "it is a file, not a directory" if d.is_file() else e.strerror or e
+        raise DataError(f"cannot write to cache directory {d} ({why}); "
+                        f"choose another with MINICOLLAB_DATA=DIR (or data_fetch.py --dir DIR)") from None
 
 
 def _cached(path, verify, quiet):
@@ -693,7 +698,7 @@ def _cached(path, verify, quiet):
         return True
     except ValueError as e:
         if not quiet:
-            print(f"{path} failed its check ({e}); fetching it again", file=sys.stderr)
+            print(f"warning: {path} failed its check ({e}); fetching it again", file=sys.stderr)
         with contextlib.suppress(OSError):  # gone already; a read-only cache is reported when we write
             path.unlink()
         return False
@@ -712,7 +717,8 @@ def _find(name, d, from_file, quiet):
     if from_file:
         src = pathlib.Path(from_file).expanduser()
         if not zipfile.is_zipfile(src):
-            what = "is not a zip file" if src.is_file() else "does not exist"
+            what = "is a directory" if src.is_dir() else "does not exist"
+            what = "is not a zip file" if src.is_file() else what
             raise DataError(f"{src} {what}; pass the path of the {zip_path.name} you downloaded from {url}")
         _writable(d)
         try:
@@ -761,7 +767,7 @@ def load(name=None, ratings=None, user_col=None, item_col=None, rating_col=None)
     if (user_col or item_col or rating_col) and not ratings:
         raise DataError("--user-col and the like pick columns of --ratings FILE")
     if not ratings:  # where it came from is part of a run's output: stderr is for what went wrong
-        return load_movielens(name or "ml-100k", summary=sys.stdout)
+        return load_movielens("ml-100k" if name is None else name, summary=sys.stdout)
     data = read_ratings(ratings, user_col, item_col, rating_col)
     if len(data["rating"]) < 2:
         raise DataError(f"{ratings} holds 1 rating; training and validating need at least two")
@@ -789,12 +795,19 @@ def load_movielens(name="ml-100k", dir=None, from_file=None, quiet=False, summar
     return data
 
 
+def _refuse(message):
+    """argparse's complaint as one line and exit status 1, as minicollab.py does."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
 def main(argv=None):
     """Command line: make the data available, say where it is, where it came from, and what it holds."""
     p = argparse.ArgumentParser(description="Fetch and verify MovieLens for minicollab (asks no questions).")
     p.add_argument("--name", choices=list(URLS), default="ml-100k")
     p.add_argument("--dir", help="cache directory (default: $MINICOLLAB_DATA, else ~/.cache/minicollab)")
     p.add_argument("--from-file", metavar="PATH", help="use a zip you downloaded by hand")
+    p.error = _refuse
     args = p.parse_args(argv)
     try:
         data = load_movielens(args.name, args.dir, args.from_file)

