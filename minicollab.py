@@ -311,7 +311,6 @@ def sizes(s):
     """--layers 100,50 -> (100, 50)."""
     return tuple(int(n) for n in s.split(","))
 
-
 def parse_args(argv=None):
     """The flags, checked before anything runs (README.md says what each does)."""
     ap = argparse.ArgumentParser(description="fastbook chapter 8 on MovieLens; README.md has more")
