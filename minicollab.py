@@ -6,6 +6,7 @@ import importlib.util
 import math
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -125,7 +126,7 @@ def fit_one_cycle(model, train, valid, epochs=5, lr_max=1.5e-2, wd=1.5e-4, bs=20
         raise ValueError(f"need epochs, bs, lr_max > 0, wd >= 0: {epochs}, {bs}, {lr_max}, {wd}")
     (x, y), opt, gen = train, Adam(model.parameters()), torch.Generator().manual_seed(seed)
     steps, history = math.ceil(len(y) / bs), []
-    log(f"{'epoch':<7}{'train_loss':<12}{'valid_loss':<12}time")
+    log(f"{'epoch':<6} {'train_loss':<11} {'valid_loss':<11} time")
     for epoch in range(epochs):
         start, total, perm = time.perf_counter(), 0, torch.randperm(len(y), generator=gen)
         xs, ys = x[perm.to(y.device)], y[perm.to(y.device)]  # shuffled once: a batch is a slice
@@ -141,7 +142,7 @@ def fit_one_cycle(model, train, valid, epochs=5, lr_max=1.5e-2, wd=1.5e-4, bs=20
             raise ValueError(f"the loss became NaN in epoch {epoch}: try a lower learning rate")
         history.append(dict(train_loss=train_loss, valid_loss=valid_loss))
         history[-1]["time"] = time.perf_counter() - start
-        log(f"{epoch:<7}{train_loss:<12.6f}{valid_loss:<12.6f}{history[-1]['time']:.2f}")
+        log(f"{epoch:<6} {train_loss:<11.6f} {valid_loss:<11.6f} {history[-1]['time']:.2f}")
     return history
 
 def lr_find(model, train, start_lr=1e-7, end_lr=10, num_it=100, bs=2048, wd=0.0, seed=0):
@@ -181,7 +182,8 @@ def similar(c, title, n=5, min_ratings=20):
 
 def pca(c, k=3, n_top=1000):
     """The factors of the n_top most-rated movies on k principal components, and those movies."""
-    top = torch.bincount(c.rated % len(c.items.ids)).argsort(descending=True)[:n_top]
+    counts = torch.bincount(c.rated % len(c.items.ids), minlength=len(c.items.ids))
+    top = counts.argsort(descending=True)[:n_top]
     factors = c.model.movie_factors.detach().cpu()[top]
     factors = factors - factors.mean(0)
     return factors @ torch.linalg.svd(factors, full_matrices=False)[2][:k].T, top.tolist()
@@ -260,6 +262,7 @@ class Collab:
 
         def one_user(x):  # the model with the new user as its only user, all else as trained
             return torch.func.functional_call(m, params | rows, x)
+        wd *= ((m.y_range[1] - m.y_range[0]) / 5.5) ** 2  # in the ratings' units, as in training
         for _ in range(steps):
             train_step(one_user, opt, x, y.to(x.device), lr, 0.9, wd)
         for k, row in rows.items():
@@ -295,7 +298,7 @@ class Collab:
 
 # --- 8. The command line ---------------------------------------------------------------------
 # bs and wd follow the data: an epoch is 64 to ~320 steps (each step's Adam costs every parameter),
-# and wd = lam / n_train * (span / 5.5)**2 puts the same L2 on a row at any size and rating scale.
+# and wd = lam / n_train * (spread / 4)**2 puts the same L2 on a row at any size and rating scale.
 DEFAULTS = dict(dot=dict(epochs=5, lr=0.015, lam=16.0, bs=1024),
                 nn=dict(epochs=6, lr=0.04, lam=8.0, bs=1024, layers=(16,)))
 RANGES = dict(epochs=(int, 1, 10_000), lr=(float, 1e-9, 10.0), wd=(float, 0.0, 10.0),
@@ -336,13 +339,16 @@ def parse_args(argv=None):
     unwritable = [p for p in [a.save, a.plot] if p and not writable(p)]
     asks = a.save or a.load or a.recommend or a.similar or a.plot or a.top or a.epochs or a.lr
     mpl = not a.plot or importlib.util.find_spec("matplotlib")
+    empty = [f"--{k}".replace("_", "-") for k, v in vars(a).items() if v == ""]
     for bad, message in [
+        (empty, f"{', '.join(empty)}: give a value, not an empty string"),
         (a.load and trains, f"--load uses a saved model as it is: drop {', '.join(trains)}"),
         (a.layers and a.model != "nn", "--layers are CollabNN's hidden layers: add --model nn"),
         (a.factors and a.model == "nn", "--factors is DotProductBias's: drop it"),
         (a.layers and not all(1 <= n <= 10_000 for n in a.layers), "--layers: sizes 1 to 10000"),
         (a.lr_find and asks, "--lr-find only suggests a learning rate: give it alone"),
         (unwritable, f"cannot write {' or '.join(unwritable)}: name a file in a writable folder"),
+        (a.save and a.save == a.plot, f"--save and --plot both name {a.save}: give two files"),
         (a.plot and a.plot[-4:].lower() not in (".png", ".pdf", ".svg"),
          f"--plot {a.plot}: give a file name ending in .png, .pdf or .svg"),
         (a.plot and (a.factors or 3) < 3, "--plot shows components 0 and 2: needs --factors 3+"),
@@ -353,13 +359,12 @@ def parse_args(argv=None):
     return a
 
 def writable(path):
-    """Whether a file can be written at path: tried with path.partial, which is then removed."""
+    """Whether a file can be written at path: its folder is tried with a temporary file."""
     try:
-        open(f"{path}.partial", "wb").close()
-        os.remove(f"{path}.partial")
+        tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path))).close()
     except OSError:
         return False
-    return not os.path.isdir(path)
+    return not os.path.isdir(path) and (not os.path.exists(path) or os.access(path, os.W_OK))
 
 def get_device(name="auto"):
     """'auto' is CUDA when there is a GPU, else the CPU; a device that cannot be used is refused."""
@@ -395,14 +400,15 @@ def train(a):
         fail(f"--plot shows principal components 0 and 2: needs 3+ items, not {len(items.ids)}")
     rated = torch.as_tensor(np.sort(u * len(items.ids) + i))
     if repeats := int((rated[1:] == rated[:-1]).sum()):  # both copies may land in both splits
-        print(f"warning: {repeats:,} ratings repeat a (user, item) pair", file=sys.stderr)
+        print(f"warning: ratings that repeat a (user, item) pair: {repeats:,}", file=sys.stderr)
     x, y = torch.as_tensor(np.stack([u, i], 1)), torch.as_tensor(d.pop("rating"))
     del u, i
     t, v = split(len(y), a.valid_pct or 0.2, a.seed or 0)
     hp, device = DEFAULTS[a.model or "dot"], get_device(a.device)
     bs = a.bs or max(1, round(max(len(t) / 320, min(hp["bs"], len(t) / 64))))
-    y_range = (min(0.0, 1.1 * float(y.min())), max(0.0, 1.1 * float(y.max())))  # (0, 5.5) for 1..5
-    wd = hp["lam"] / len(t) * ((y_range[1] - y_range[0]) / 5.5) ** 2 if a.wd is None else a.wd
+    lo, hi = float(y.min()), float(y.max())
+    y_range = (lo - (hi - lo) / 4, hi + (hi - lo) / 8)  # the book's (0, 5.5) for 1..5, on any scale
+    wd = hp["lam"] / len(t) * ((hi - lo) / 4) ** 2 if a.wd is None else a.wd
     torch.manual_seed(a.seed or 0)
     if a.model == "nn":
         embs = get_emb_sz(len(users.ids), len(items.ids))
@@ -428,7 +434,7 @@ def report(c, a, lambs="Silence of the Lambs, The (1991)"):
         print(heading + "".join(f"\n  {x}" for x in xs))
     tour = a.recommend is None and a.similar is None and not a.plot
     if tour and isinstance(c.model, DotProductBias):
-        low, high = c.biases()
+        low, high = c.biases(a.top or 5)
         show("\nlowest movie bias (disliked even by those whose taste they match):", low)
         show("highest movie bias (liked even by those whose taste they don't):", high)
     if a.similar is not None or tour and lambs in c.titles.values():

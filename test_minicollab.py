@@ -799,12 +799,28 @@ def error_line(code, err):
     (["--data", "ml-1m"], "give --data NAME or --ratings FILE"),
     (["--recommend", "99"], "unknown user 99"), (["--recommend", "one"], "unknown user 'one'"),
     (["--recommend=--5"], "unknown user '--5'"), (["--lr-find", "--epochs", "3"], "give it alone"),
-    (["--lr-find", "--lr", "0.1"], "give it alone"),
+    (["--lr-find", "--lr", "0.1"], "give it alone"), (["--ratings", ""], "--ratings: give a value, not an empty"),
+    (["--save", "", "--load", ""], "--save, --load: give a value"), (["--recommend", ""], "--recommend: give a value"),
+    (["--save", "m.png", "--plot", "m.png"], "--save and --plot both name m.png: give two files"),
     *[(["--save", "/proc/m.pt"], "cannot write /proc/m.pt")] * os.path.isdir("/proc"),  # an existing folder
 ])
 def test_command_line_bad_settings_are_one_line_errors_before_training(tiny_csv, capsys, flags, message):
     code, out, err = run_main(["--ratings", str(tiny_csv), "--device", "cpu", *flags], capsys)
     assert message in error_line(code, err) and "train_loss" not in out  # refused before any training
+
+
+def test_checking_where_to_save_touches_nothing_there(tmp_path, capsys):
+    keep = write(tmp_path / "m.pt.partial", "mine")
+    code, _, err = run_main(["--lr-find", "--save", str(tmp_path / "m.pt")], capsys)
+    assert "give it alone" in error_line(code, err) and keep.read_text() == "mine" and os.listdir(tmp_path) == [keep.name]
+
+
+def test_the_epoch_table_keeps_its_columns_apart_for_large_losses_and_top_sets_every_list(tmp_path, capsys):
+    rows = "".join(f"{u},{i},{(u * i) % 3 * 500_000}\n" for u in range(1, 9) for i in range(1, 7))  # 0 .. 1e6
+    code, out, _ = run_main(["--ratings", str(write(tmp_path / "r.csv", "u,i,r\n" + rows)), "--top", "2"], capsys)
+    assert code == 0 and all(len(row) == 4 for row in table_rows(out)) and float(table_rows(out)[0][1]) > 1e5
+    report = out.split("\n\n")[1]  # two lowest and two highest biases; user 1 rated every item
+    assert report.count("\n  ") == 4 and report.endswith("user 1 rated every item\n")
 
 
 def test_a_device_that_cannot_be_used_is_refused_before_the_data_is_read(tmp_path, capsys):
@@ -880,16 +896,17 @@ def test_loading_onto_a_device_that_cannot_be_used_blames_the_device_not_the_fil
     assert "--device mps: not usable here" in error_line(code, err) and "model" not in err
 
 
-def test_all_negative_ratings_are_within_reach_of_y_range(tmp_path, capsys):
-    rows = "".join(f"{u},{i},{-1 - (u * i) % 5}\n" for u in range(1, 9) for i in range(1, 7))  # -5 .. -1
-    code, _, _ = run_main(["--ratings", str(write(tmp_path / "neg.csv", "user,item,rating\n" + rows)), "--save",
+@pytest.mark.parametrize("shift, scale, y_range", [
+    (0, 1, (0.0, 5.5)), (100, 1, (100.0, 105.5)), (0, -1, (-6.0, -0.5)), (0, 100, (0.0, 550.0)), (50, 10, (50, 105))])
+def test_y_range_and_wd_take_the_books_shape_on_any_rating_scale(tmp_path, capsys, monkeypatch, shift, scale, y_range):
+    seen = []
+    monkeypatch.setattr(minicollab, "fit_one_cycle", lambda model, train, valid, *args, **kwargs: seen.append(args))
+    rows = "".join(f"{u},{i},{shift + scale * (1 + (u * i) % 5)}\n" for u in range(1, 9) for i in range(1, 7))
+    code, _, _ = run_main(["--ratings", str(write(tmp_path / "r.csv", "user,item,rating\n" + rows)), "--save",
                            str(tmp_path / "m.pt")], capsys)
-    lo, hi = Collab.load(tmp_path / "m.pt").model.y_range
-    assert code == 0 and lo <= -5 and hi > -1 and (lo, hi) == pytest.approx((-5.5, 0.0))  # the book's rule, mirrored
-    code, _, _ = run_main(["--ratings", str(write(tmp_path / "mixed.csv", "user,item,rating\n1,1,-2\n1,2,3\n2,1,1\n"
-                                                                             "2,2,0\n")), "--save", str(tmp_path / "n.pt")],
-                          capsys)
-    assert code == 0 and Collab.load(tmp_path / "n.pt").model.y_range == pytest.approx((-2.2, 3.3))
+    lo, hi = Collab.load(tmp_path / "m.pt").model.y_range  # 1..5 -> (0, 5.5): a quarter of the spread below,
+    assert code == 0 and (lo, hi) == pytest.approx(y_range)  # an eighth above
+    assert seen[0][2] == pytest.approx(16 / 38 * scale ** 2)  # wd: the same L2 in the ratings' own units
 
 
 def test_similar_on_a_small_data_set_lists_titles(tiny_csv, capsys):
@@ -920,7 +937,7 @@ def test_the_defaults_follow_the_datas_size(tmp_path, capsys, monkeypatch):
 def test_repeated_pairs_warn_and_few_items_refuse_a_plot_before_training(tmp_path, capsys):
     twice = write(tmp_path / "r.csv", "user,item,rating\n1,1,4\n1,1,5\n2,1,3\n2,2,1\n2,2,1\n")
     code, out, err = run_main(["--ratings", str(twice), "--epochs", "1"], capsys)
-    assert code == 0 and err == "warning: 2 ratings repeat a (user, item) pair\n" and "fit: 1 epoch in" in out
+    assert code == 0 and err == "warning: ratings that repeat a (user, item) pair: 2\n" and "fit: 1 epoch in" in out
     assert "user 1 rated every item" not in out and "top 1 for user 1:\n" in out
     code, out, err = run_main(["--ratings", str(twice), "--recommend", "2", "--epochs", "1"], capsys)
     assert code == 0 and out.endswith("user 2 rated every item\n")
@@ -1362,8 +1379,8 @@ def test_data_fetch_command_line_mistakes_are_one_line_errors(capsys):
             data_fetch.main(argv)
         err = capsys.readouterr().err
         assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
-    code, _, err = run_main(["--data", ""], capsys)
-    assert "unknown data set ''" in error_line(code, err)  # not ml-100k by a silent default
+    with pytest.raises(DataError, match="unknown data set ''"):
+        data_fetch.load("")  # not ml-100k by a silent default
 
 
 def test_corrupt_cache_in_a_read_only_directory(tiny_zip, tmp_path, monkeypatch):
