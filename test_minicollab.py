@@ -839,7 +839,10 @@ def test_a_flag_that_takes_a_column_known_by_name_for_another_role_is_refused(tm
     assert "column 'rating' is the rating by its name, and --user-col takes it for the user; name the rating " \
            "with --rating-col" in error_line(code, err) and "train_loss" not in out
     code, out, err = run_main(["--ratings", str(ratings), "--user-col", "rating", "--rating-col", "userId"], capsys)
-    assert code == 0 and "3 ratings, 3 users, 2 items" in out  # both named: the caller's choice, however odd
+    assert code == 0 and "3 ratings, 3 users, 2 items" in out and err == ""  # both named: the caller's choice
+    stamped = write(tmp_path / "s.csv", "userId,movieId,score,rating\n1,10,4,7\n2,10,3,8\n2,11,5,9\n")
+    code, out, err = run_main(["--ratings", str(stamped), "--user-col", "rating"], capsys)
+    assert code == 0 and "s.csv: userId left unused, though named like a user, item or rating column" in err
 
 
 def test_a_ratings_file_of_one_rating_is_refused_naming_the_file(tmp_path, capsys):
