@@ -140,7 +140,8 @@ def _read_table(where, opener, wanted, quiet=False):
               f"taken by position: {taken}; if that is wrong, choose with --user-col, --item-col, "
               "--rating-col", quiet)
     unused = [s for i, s in enumerate(layout.names) if layout.has_header and i not in layout.cols.values()
-              and any(_norm(s) in ROLE_NAMES[r] for r in ROLES) and not _norm(s).endswith("title")]
+              and any(_norm(s) in ROLE_NAMES[r] for r in ROLES if wanted[r] is None)
+              and not _norm(s).endswith("title")]  # a role the caller named: the choice is made
     if unused:  # --user-col timestamp, say: the userId column would go unread in silence
         _warn(f"{where}: {', '.join(map(_show, unused))} left unused, though named like a user, item or "
               "rating column; choose with --user-col, --item-col, --rating-col", quiet)

@@ -120,11 +120,11 @@ def evaluate(model, x, y, bs=65536):
     return float(sum(se)) / len(y)
 
 def fit_one_cycle(model, train, valid, epochs=5, lr_max=1.5e-2, wd=1.5e-4, bs=2048, seed=0,
-                  log=print, progress=None):
+                  log=print, progress=None, eps=1e-5):
     """Train with Adam on the one-cycle schedule, printing fastai's epoch table; returns history."""
     if not (epochs >= 1 and bs >= 1 and 0 < lr_max < math.inf and 0 <= wd < math.inf):
         raise ValueError(f"need epochs, bs, lr_max > 0, wd >= 0: {epochs}, {bs}, {lr_max}, {wd}")
-    (x, y), opt, gen = train, Adam(model.parameters()), torch.Generator().manual_seed(seed)
+    (x, y), opt, gen = train, Adam(model.parameters(), eps=eps), torch.Generator().manual_seed(seed)
     steps, history = math.ceil(len(y) / bs), []
     log(f"{'epoch':<6} {'train_loss':<11} {'valid_loss':<11} time")
     for epoch in range(epochs):
@@ -145,9 +145,9 @@ def fit_one_cycle(model, train, valid, epochs=5, lr_max=1.5e-2, wd=1.5e-4, bs=20
         log(f"{epoch:<6} {train_loss:<11.6f} {valid_loss:<11.6f} {history[-1]['time']:.2f}")
     return history
 
-def lr_find(model, train, start_lr=1e-7, end_lr=10, num_it=100, bs=2048, wd=0.0, seed=0):
+def lr_find(model, train, start_lr=1e-7, end_lr=10, num_it=100, bs=2048, wd=0.0, seed=0, eps=1e-5):
     """fastai's lr finder: grow the lr till the loss explodes; returns (suggestion, lrs, losses)."""
-    (x, y), opt, gen = train, Adam(model.parameters()), torch.Generator().manual_seed(seed)
+    (x, y), opt, gen = train, Adam(model.parameters(), eps=eps), torch.Generator().manual_seed(seed)
     saved, lrs, losses, avg = {k: v.clone() for k, v in model.state_dict().items()}, [], [], 0.0
     for i in range(num_it):
         lrs.append(start_lr * (end_lr / start_lr) ** (i / (num_it - 1)))
@@ -258,13 +258,14 @@ class Collab:
             raise ValueError(f"fold_in needs one finite rating per item; got {items} and {ratings}")
         m, params = self.model.eval(), {k: p.detach() for k, p in self.model.named_parameters()}
         rows = {k: nn.Parameter(torch.zeros_like(params[k][:1])) for k in params if "user" in k}
-        opt, x = Adam(rows.values()), torch.stack([0 * i, i], 1).to(rows["user_factors"].device)
+        scale = ((m.y_range[1] - m.y_range[0]) / 5.5) ** 2 or 1.0  # the ratings' units, as in train
+        opt = Adam(rows.values(), eps=1e-5 * scale)
+        x = torch.stack([0 * i, i], 1).to(rows["user_factors"].device)
 
         def one_user(x):  # the model with the new user as its only user, all else as trained
             return torch.func.functional_call(m, params | rows, x)
-        wd *= ((m.y_range[1] - m.y_range[0]) / 5.5) ** 2  # in the ratings' units, as in training
         for _ in range(steps):
-            train_step(one_user, opt, x, y.to(x.device), lr, 0.9, wd)
+            train_step(one_user, opt, x, y.to(x.device), lr, 0.9, wd * scale)
         for k, row in rows.items():
             setattr(m, k, nn.Parameter(torch.cat([params[k], row.detach()])))
         self.rated = torch.cat([self.rated, len(self.users.ids) * len(self.items.ids) + i.unique()])
@@ -298,7 +299,8 @@ class Collab:
 
 # --- 8. The command line ---------------------------------------------------------------------
 # bs and wd follow the data: an epoch is 64 to ~320 steps (each step's Adam costs every parameter),
-# and wd = lam / n_train * (spread / 4)**2 puts the same L2 on a row at any size and rating scale.
+# and wd = lam / n_train * (spread / 4)**2 puts the same L2 on a row at any size and rating scale,
+# where Adam's eps scales by (spread / 4)**2 too, as the gradients do.
 DEFAULTS = dict(dot=dict(epochs=5, lr=0.015, lam=16.0, bs=1024),
                 nn=dict(epochs=6, lr=0.04, lam=8.0, bs=1024, layers=(16,)))
 RANGES = dict(epochs=(int, 1, 10_000), lr=(float, 1e-9, 10.0), wd=(float, 0.0, 10.0),
@@ -339,7 +341,8 @@ def parse_args(argv=None):
     unwritable = [p for p in [a.save, a.plot] if p and not writable(p)]
     asks = a.save or a.load or a.recommend or a.similar or a.plot or a.top or a.epochs or a.lr
     mpl = not a.plot or importlib.util.find_spec("matplotlib")
-    empty = [f"--{k}".replace("_", "-") for k, v in vars(a).items() if v == ""]
+    empty = [k for k, v in vars(a).items() if isinstance(v, str) and not v.strip()]
+    empty = [f"--{k}".replace("_", "-") for k in empty]
     for bad, message in [
         (empty, f"{', '.join(empty)}: give a value, not an empty string"),
         (a.load and trains, f"--load uses a saved model as it is: drop {', '.join(trains)}"),
@@ -348,7 +351,8 @@ def parse_args(argv=None):
         (a.layers and not all(1 <= n <= 10_000 for n in a.layers), "--layers: sizes 1 to 10000"),
         (a.lr_find and asks, "--lr-find only suggests a learning rate: give it alone"),
         (unwritable, f"cannot write {' or '.join(unwritable)}: name a file in a writable folder"),
-        (a.save and a.save == a.plot, f"--save and --plot both name {a.save}: give two files"),
+        (a.save and a.plot and os.path.realpath(a.save) == os.path.realpath(a.plot),
+         f"--save and --plot both name {a.save}: give two files"),
         (a.plot and a.plot[-4:].lower() not in (".png", ".pdf", ".svg"),
          f"--plot {a.plot}: give a file name ending in .png, .pdf or .svg"),
         (a.plot and (a.factors or 3) < 3, "--plot shows components 0 and 2: needs --factors 3+"),
@@ -364,7 +368,7 @@ def writable(path):
         tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path))).close()
     except OSError:
         return False
-    return not os.path.isdir(path) and (not os.path.exists(path) or os.access(path, os.W_OK))
+    return not os.path.isdir(path) and not os.path.isdir(f"{path}.partial")
 
 def get_device(name="auto"):
     """'auto' is CUDA when there is a GPU, else the CPU; a device that cannot be used is refused."""
@@ -408,7 +412,10 @@ def train(a):
     bs = a.bs or max(1, round(max(len(t) / 320, min(hp["bs"], len(t) / 64))))
     lo, hi = float(y.min()), float(y.max())
     y_range = (lo - (hi - lo) / 4, hi + (hi - lo) / 8)  # the book's (0, 5.5) for 1..5, on any scale
-    wd = hp["lam"] / len(t) * ((hi - lo) / 4) ** 2 if a.wd is None else a.wd
+    scale = ((hi - lo) / 4) ** 2 or 1.0  # gradients grow with it: wd and Adam's eps follow
+    wd = hp["lam"] / len(t) * scale if a.wd is None else a.wd
+    if lo == hi:
+        print(f"warning: every rating is {lo:g}: there is nothing to learn", file=sys.stderr)
     torch.manual_seed(a.seed or 0)
     if a.model == "nn":
         embs = get_emb_sz(len(users.ids), len(items.ids))
@@ -420,10 +427,11 @@ def train(a):
     model = model.to(device)
     del x, y, t, v
     if a.lr_find:
-        return print(f"suggested learning rate: {lr_find(model, train, bs=bs, wd=wd)[0]:.1e}")
+        suggestion = lr_find(model, train, bs=bs, wd=wd, eps=1e-5 * scale)[0]
+        return print(f"suggested learning rate: {suggestion:.1e}")
     start, epochs = time.perf_counter(), a.epochs or hp["epochs"]
     fit_one_cycle(model, train, valid, epochs, a.lr or hp["lr"], wd, bs, a.seed or 0,
-                  progress=show_progress)
+                  progress=show_progress, eps=1e-5 * scale)
     seconds = time.perf_counter() - start
     print(f"fit: {epochs} epoch{'s' * (epochs > 1)} in {seconds:.2f} s on {device}")
     return Collab(model, users, items, d["titles"], rated)

@@ -801,7 +801,8 @@ def error_line(code, err):
     (["--recommend=--5"], "unknown user '--5'"), (["--lr-find", "--epochs", "3"], "give it alone"),
     (["--lr-find", "--lr", "0.1"], "give it alone"), (["--ratings", ""], "--ratings: give a value, not an empty"),
     (["--save", "", "--load", ""], "--save, --load: give a value"), (["--recommend", ""], "--recommend: give a value"),
-    (["--save", "m.png", "--plot", "m.png"], "--save and --plot both name m.png: give two files"),
+    (["--save", "m.png", "--plot", "./m.png"], "--save and --plot both name m.png: give two files"),
+    (["--save", " "], "--save: give a value, not an empty string"),
     *[(["--save", "/proc/m.pt"], "cannot write /proc/m.pt")] * os.path.isdir("/proc"),  # an existing folder
 ])
 def test_command_line_bad_settings_are_one_line_errors_before_training(tiny_csv, capsys, flags, message):
@@ -813,6 +814,15 @@ def test_checking_where_to_save_touches_nothing_there(tmp_path, capsys):
     keep = write(tmp_path / "m.pt.partial", "mine")
     code, _, err = run_main(["--lr-find", "--save", str(tmp_path / "m.pt")], capsys)
     assert "give it alone" in error_line(code, err) and keep.read_text() == "mine" and os.listdir(tmp_path) == [keep.name]
+    (tmp_path / "n.pt.partial").mkdir()  # where save() writes first: refused before training, not after
+    code, out, err = run_main(["--save", str(tmp_path / "n.pt")], capsys)
+    assert "cannot write" in error_line(code, err) and "train_loss" not in out
+
+
+def test_all_equal_ratings_say_there_is_nothing_to_learn(tmp_path, capsys):
+    same = write(tmp_path / "r.csv", "user,item,rating\n1,1,3\n1,2,3\n2,1,3\n2,2,3\n")
+    code, out, err = run_main(["--ratings", str(same), "--epochs", "1"], capsys)
+    assert code == 0 and err == "warning: every rating is 3: there is nothing to learn\n" and "nan" not in out
 
 
 def test_the_epoch_table_keeps_its_columns_apart_for_large_losses_and_top_sets_every_list(tmp_path, capsys):
@@ -840,9 +850,11 @@ def test_a_flag_that_takes_a_column_known_by_name_for_another_role_is_refused(tm
            "with --rating-col" in error_line(code, err) and "train_loss" not in out
     code, out, err = run_main(["--ratings", str(ratings), "--user-col", "rating", "--rating-col", "userId"], capsys)
     assert code == 0 and "3 ratings, 3 users, 2 items" in out and err == ""  # both named: the caller's choice
-    stamped = write(tmp_path / "s.csv", "userId,movieId,score,rating\n1,10,4,7\n2,10,3,8\n2,11,5,9\n")
-    code, out, err = run_main(["--ratings", str(stamped), "--user-col", "rating"], capsys)
+    two = write(tmp_path / "s.csv", "customer,userId,movieId,rating\n1,7,10,4\n2,8,10,3\n2,9,11,5\n")
+    code, out, err = run_main(["--ratings", str(two)], capsys)
     assert code == 0 and "s.csv: userId left unused, though named like a user, item or rating column" in err
+    code, out, err = run_main(["--ratings", str(two), "--user-col", "userId"], capsys)
+    assert code == 0 and err == ""  # the caller chose: nothing to warn about
 
 
 def test_a_ratings_file_of_one_rating_is_refused_naming_the_file(tmp_path, capsys):
@@ -910,6 +922,17 @@ def test_y_range_and_wd_take_the_books_shape_on_any_rating_scale(tmp_path, capsy
     lo, hi = Collab.load(tmp_path / "m.pt").model.y_range  # 1..5 -> (0, 5.5): a quarter of the spread below,
     assert code == 0 and (lo, hi) == pytest.approx(y_range)  # an eighth above
     assert seen[0][2] == pytest.approx(16 / 38 * scale ** 2)  # wd: the same L2 in the ratings' own units
+
+
+def test_training_is_the_same_in_any_rating_units(tmp_path, capsys, monkeypatch):
+    histories, fit = [], minicollab.fit_one_cycle
+    monkeypatch.setattr(minicollab, "fit_one_cycle", lambda *args, **kwargs: histories.append(fit(*args, **kwargs)))
+    units = [(0, 1), (10, 0.001), (0, 1000)]  # 1..5; 10.001..10.005; 1000..5000
+    for shift, scale in units:
+        rows = "".join(f"{u},{i},{shift + scale * (1 + (u * i) % 5):.6g}\n" for u in range(1, 31) for i in range(1, 21))
+        run_main(["--ratings", str(write(tmp_path / "r.csv", "user,item,rating\n" + rows))], capsys)
+    losses = [h[-1]["valid_loss"] / scale ** 2 for h, (_, scale) in zip(histories, units)]
+    assert losses[1] == pytest.approx(losses[0], rel=0.01) and losses[2] == pytest.approx(losses[0], rel=0.01)
 
 
 def test_similar_on_a_small_data_set_lists_titles(tiny_csv, capsys):
