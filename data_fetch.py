@@ -139,9 +139,11 @@ def _read_table(where, opener, wanted, quiet=False):
         _warn(f"{where}: the header names no {roles} column we know, so columns were "
               f"taken by position: {taken}; if that is wrong, choose with --user-col, --item-col, "
               "--rating-col", quiet)
+    chosen = {r for r in ROLES if wanted[r] is not None  # the caller named it, and a column named like it
+              and _norm(layout.names[layout.cols[r]]) in ROLE_NAMES[r]}
     unused = [s for i, s in enumerate(layout.names) if layout.has_header and i not in layout.cols.values()
-              and any(_norm(s) in ROLE_NAMES[r] for r in ROLES if wanted[r] is None)
-              and not _norm(s).endswith("title")]  # a role the caller named: the choice is made
+              and any(_norm(s) in ROLE_NAMES[r] for r in set(ROLES) - chosen)
+              and not _norm(s).endswith("title")]
     if unused:  # --user-col timestamp, say: the userId column would go unread in silence
         _warn(f"{where}: {', '.join(map(_show, unused))} left unused, though named like a user, item or "
               "rating column; choose with --user-col, --item-col, --rating-col", quiet)

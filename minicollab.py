@@ -303,7 +303,7 @@ class Collab:
 # where Adam's eps scales by (spread / 4)**2 too, as the gradients do.
 DEFAULTS = dict(dot=dict(epochs=5, lr=0.015, lam=16.0, bs=1024),
                 nn=dict(epochs=6, lr=0.04, lam=8.0, bs=1024, layers=(16,)))
-RANGES = dict(epochs=(int, 1, 10_000), lr=(float, 1e-9, 10.0), wd=(float, 0.0, 10.0),
+RANGES = dict(epochs=(int, 1, 10_000), lr=(float, 1e-9, 10.0), wd=(float, 0.0, 1e12),
               bs=(int, 1, 2 ** 31), factors=(int, 1, 10_000), seed=(int, 0, 2 ** 63 - 1),
               valid_pct=(float, 1e-9, 0.999999999), top=(int, 1, 100_000))
 TRAINING = ["model", "layers", "data", "ratings", "user_col", "item_col", "rating_col"]
@@ -350,7 +350,7 @@ def parse_args(argv=None):
         (a.factors and a.model == "nn", "--factors is DotProductBias's: drop it"),
         (a.layers and not all(1 <= n <= 10_000 for n in a.layers), "--layers: sizes 1 to 10000"),
         (a.lr_find and asks, "--lr-find only suggests a learning rate: give it alone"),
-        (unwritable, f"cannot write {' or '.join(unwritable)}: name a file in a writable folder"),
+        (unwritable, f"cannot write {' or '.join(unwritable)}: name a file you may write"),
         (a.save and a.plot and os.path.realpath(a.save) == os.path.realpath(a.plot),
          f"--save and --plot both name {a.save}: give two files"),
         (a.plot and a.plot[-4:].lower() not in (".png", ".pdf", ".svg"),
@@ -368,7 +368,8 @@ def writable(path):
         tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path))).close()
     except OSError:
         return False
-    return not os.path.isdir(path) and not os.path.isdir(f"{path}.partial")
+    exists_ok = not os.path.exists(path) or os.access(path, os.W_OK)  # savefig writes it in place
+    return exists_ok and not os.path.isdir(path) and not os.path.isdir(f"{path}.partial")
 
 def get_device(name="auto"):
     """'auto' is CUDA when there is a GPU, else the CPU; a device that cannot be used is refused."""
