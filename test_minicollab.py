@@ -1372,7 +1372,7 @@ def test_truncated_or_edited_cache_is_fetched_again(tiny_zip, tmp_path, monkeypa
         data = load_movielens(dir=tmp_path)
         check_tiny(data)
         assert data["source"] == http_server.url + "/ml-100k.zip" and cached.read_bytes() == good
-        assert "failed its check (SHA-256 mismatch" in capsys.readouterr().err
+        assert f"warning: {cached} failed its check (SHA-256 mismatch" in capsys.readouterr().err
     assert len(http_server.hits) == 2
 
 
