@@ -1,12 +1,11 @@
 """minicollab: fastbook chapter 8, collaborative filtering from scratch, in one file."""
-# Read it top to bottom: the chapter's story in its order, then using the trained model, then the
-# command line. Reading rating files and fetching MovieLens are data_fetch.py's work.
+# The chapter in its order, its exercise in cross-entropy, using the model, the command line.
 import argparse
+import difflib
 import importlib.util
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -20,18 +19,18 @@ class IdMap:
     """Raw ids (ints or strings) <-> indices 0..n-1. Unlike fastai's, an unknown id is an error."""
 
     def __init__(self, ids, what):
-        self.ids, self.what = list(ids), what
+        self.ids, self.what = np.asarray(ids).tolist(), what  # numpy's ints and strs as Python's
         self.o2i = {o: i for i, o in enumerate(self.ids)}  # fastai's name
 
     def encode(self, raw):
-        """Raw ids -> indices; an unknown id raises KeyError naming it."""
-        raw = np.atleast_1d(raw).tolist()
-        if unknown := [o for o in raw if o not in self.o2i]:
+        """Raw ids, any shape -> indices; an unknown id is a KeyError naming it."""
+        raw = np.asarray(raw)
+        if unknown := [o for o in raw.ravel().tolist() if o not in self.o2i]:
             raise KeyError(f"unknown {self.what} {unknown[0]!r}")
-        return np.array([self.o2i[o] for o in raw], dtype=np.int64)
+        return np.array([self.o2i[o] for o in raw.ravel().tolist()], np.int64).reshape(raw.shape)
 
 def split(n, valid_pct=0.2, seed=0):
-    """A random (train, valid) split of n row indices, like fastai's RandomSplitter."""
+    """A random (train, valid) split of n row indices, as fastai's RandomSplitter."""
     if n < 2:
         raise ValueError(f"need at least two ratings to train and validate, got {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -105,39 +104,42 @@ def one_cycle(pct, lr_max, div=25.0, div_final=1e5, pct_start=0.25, moms=(0.95, 
     p = (pct - pct_start) / (1 - pct_start)  # anneal to lr_max/1e5 while momentum climbs back
     return cos(lr_max, lr_max / div_final, p), cos(*moms[1:], p)
 
-def train_step(model, opt, x, y, lr, mom, wd):
-    """One step on a batch: MSE loss, its gradients plus weight decay, Adam; returns the loss."""
-    loss = F.mse_loss(model(x), y)
+def train_step(model, opt, x, y, lr, mom, wd, loss_func=F.mse_loss):
+    """One step on a batch: the loss, its gradients plus weight decay, Adam; returns the loss."""
+    loss = loss_func(model(x), y)
     loss.backward()
     add_weight_decay(opt.params, wd)
     opt.step(lr, mom)
     return loss.detach()
 
-def evaluate(model, x, y, bs=65536):
-    """Mean squared error of the model on (n, 2) indices x and (n,) ratings y, bs rows at a time."""
+def evaluate(model, x, y, loss_func=F.mse_loss, bs=65536):
+    """The mean loss on (n, 2) indices x and (n,) targets y, bs rows at a time."""
     with torch.no_grad():
-        se = [((model.eval()(x[i:i + bs]) - y[i:i + bs]) ** 2).sum() for i in range(0, len(y), bs)]
-    return float(sum(se)) / len(y)
+        losses = [loss_func(model.eval()(x[i:i + bs]), y[i:i + bs], reduction="sum")
+                  for i in range(0, len(y), bs)]
+    return float(sum(losses)) / len(y)
 
 def fit_one_cycle(model, train, valid, epochs=5, lr_max=1.5e-2, wd=1.5e-4, bs=2048, seed=0,
-                  log=print, progress=None, eps=1e-5):
+                  log=print, progress=None, eps=1e-5, loss_func=F.mse_loss, sample=None):
     """Train with Adam on the one-cycle schedule, printing fastai's epoch table; returns history."""
     if not (epochs >= 1 and bs >= 1 and 0 < lr_max < math.inf and 0 <= wd < math.inf):
-        raise ValueError(f"need epochs, bs, lr_max > 0, wd >= 0: {epochs}, {bs}, {lr_max}, {wd}")
+        raise ValueError(f"need epochs, bs, lr_max > 0 and wd >= 0, not {epochs, bs, lr_max, wd}")
     (x, y), opt, gen = train, Adam(model.parameters(), eps=eps), torch.Generator().manual_seed(seed)
     steps, history = math.ceil(len(y) / bs), []
     log(f"{'epoch':<6} {'train_loss':<11} {'valid_loss':<11} time")
     for epoch in range(epochs):
-        start, total, perm = time.perf_counter(), 0, torch.randperm(len(y), generator=gen)
-        xs, ys = x[perm.to(y.device)], y[perm.to(y.device)]  # shuffled once: a batch is a slice
+        start, total, rows = time.perf_counter(), 0, 0
+        perm = torch.randperm(len(y), generator=gen).to(y.device)
+        xs, ys = x[perm], y[perm]  # shuffled once: a batch is a slice
         for step in range(steps):
             lr, mom = one_cycle((epoch * steps + step) / (epochs * steps), lr_max)
-            b = slice(step * bs, (step + 1) * bs)
-            loss = train_step(model.train(), opt, xs[b], ys[b], lr, mom, wd)
-            total += loss * len(ys[b])  # on the device: no sync per step
+            xb, yb = xs[step * bs:(step + 1) * bs], ys[step * bs:(step + 1) * bs]
+            xb, yb = sample(xb, yb) if sample else (xb, yb)  # section 7: unrated items as 0s
+            total += train_step(model.train(), opt, xb, yb, lr, mom, wd, loss_func) * len(yb)
+            rows += len(yb)  # the loss stays on the device: no sync a step
             if progress:
                 progress(step + 1, steps, time.perf_counter() - start)
-        train_loss, valid_loss = float(total) / len(y), evaluate(model, *valid)
+        train_loss, valid_loss = float(total) / rows, evaluate(model, *valid, loss_func)
         if not math.isfinite(train_loss + valid_loss):
             raise ValueError(f"the loss became NaN in epoch {epoch}: try a lower learning rate")
         history.append(dict(train_loss=train_loss, valid_loss=valid_loss))
@@ -145,14 +147,17 @@ def fit_one_cycle(model, train, valid, epochs=5, lr_max=1.5e-2, wd=1.5e-4, bs=20
         log(f"{epoch:<6} {train_loss:<11.6f} {valid_loss:<11.6f} {history[-1]['time']:.2f}")
     return history
 
-def lr_find(model, train, start_lr=1e-7, end_lr=10, num_it=100, bs=2048, wd=0.0, seed=0, eps=1e-5):
+def lr_find(model, train, start_lr=1e-7, end_lr=10, num_it=100, bs=2048, wd=0.0, seed=0, eps=1e-5,
+            loss_func=F.mse_loss, sample=None):
     """fastai's lr finder: grow the lr till the loss explodes; returns (suggestion, lrs, losses)."""
     (x, y), opt, gen = train, Adam(model.parameters(), eps=eps), torch.Generator().manual_seed(seed)
     saved, lrs, losses, avg = {k: v.clone() for k, v in model.state_dict().items()}, [], [], 0.0
+    bs = min(len(y), max(bs, 1024))  # in small batches the minimum is found by chance
     for i in range(num_it):
         lrs.append(start_lr * (end_lr / start_lr) ** (i / (num_it - 1)))
         idx = torch.randint(len(y), (bs,), generator=gen).to(y.device)
-        loss = train_step(model.train(), opt, x[idx], y[idx], lrs[-1], 0.9, wd)
+        xb, yb = sample(x[idx], y[idx]) if sample else (x[idx], y[idx])
+        loss = train_step(model.train(), opt, xb, yb, lrs[-1], 0.9, wd, loss_func)
         avg = 0.98 * avg + 0.02 * float(loss)
         losses.append(avg / (1 - 0.98 ** (i + 1)))  # fastai's smoothed, debiased loss
         if not math.isfinite(losses[-1]) or losses[-1] > 4 * min(losses):
@@ -160,25 +165,22 @@ def lr_find(model, train, start_lr=1e-7, end_lr=10, num_it=100, bs=2048, wd=0.0,
     model.load_state_dict(saved)  # as it was before the sweep
     return lrs[int(np.argmin(losses))] / 10, lrs, losses  # fastai's 'lr_min': a tenth of the best
 
-# --- 5. Interpreting what was learned (c: a trained Collab, section 7, whose methods these are)
+# --- 5. Interpreting what was learned (c: a trained Collab, section 8, whose methods these are)
 
 def biases(c, n=5):
-    """The titles of lowest and of highest movie bias: disliked, or liked, whatever one's taste."""
-    order = [c.title(i) for i in c.model.movie_bias.detach().cpu().argsort().tolist()]
-    return order[:n], order[::-1][:n]
+    """The (id, title)s of lowest and of highest movie bias, one per film."""
+    order = c.model.movie_bias.detach().cpu().argsort()
+    return c.films(order)[:n], c.films(order.flip(0))[:n]
 
-def similar(c, title, n=5, min_ratings=20):
-    """The n titles whose factors point the same way as this one's, of those rated often enough."""
-    names = [c.title(i) for i in range(len(c.items.ids))]
-    if title not in names:
-        raise ValueError(f"no title {title!r}; titles look like {names[0]!r}")
-    factors, i = c.model.movie_factors.detach().cpu(), names.index(title)
+def similar(c, item, n=5, min_ratings=20):
+    """The n (id, title)s whose factors point the way this id's or title's do, if rated enough."""
+    i, factors = find_item(c.items.ids, c.titles, item), c.model.movie_factors.detach().cpu()
     sims = F.cosine_similarity(factors, factors[i][None], dim=1)  # (n_movies,)
-    counts = torch.bincount(c.rated % len(names), minlength=len(names))
-    counts[i] = -1  # never itself
-    enough = min(min_ratings, counts.sort().values[-min(n, len(names))])  # small data: n most rated
+    counts = torch.bincount(c.rated % len(sims), minlength=len(sims))
+    counts[c.film == c.film[i]] = -1  # never itself, under any of its ids
+    enough = min(min_ratings, counts.sort().values[-min(n, len(sims))])  # small data: n most rated
     sims[(counts < enough) | (counts < 0)] = -math.inf  # rarely rated: noise
-    return [names[j] for j in sims.topk(min(n, int(sims.isfinite().sum()))).indices]
+    return c.films(sims.argsort(descending=True, stable=True)[:int(sims.isfinite().sum())])[:n]
 
 def pca(c, k=3, n_top=1000):
     """The factors of the n_top most-rated movies on k principal components, and those movies."""
@@ -187,6 +189,22 @@ def pca(c, k=3, n_top=1000):
     factors = c.model.movie_factors.detach().cpu()[top]
     factors = factors - factors.mean(0)
     return factors @ torch.linalg.svd(factors, full_matrices=False)[2][:k].T, top.tolist()
+
+def plot_pca(c, path, n=50):
+    """The book's scatter of the n most-rated titles on principal components 0 and 2."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    comps, items = c.pca(3)
+    if comps.shape[1] < 3:
+        raise ValueError("the plot shows principal components 0 and 2: needs 3+ factors and items")
+    fig, ax = plt.subplots(figsize=(12, 12))
+    ax.scatter(comps[:n, 0], comps[:n, 2])
+    for (x, _, y), i in zip(comps[:n].tolist(), items[:n]):
+        ax.text(x, y, c.title(i), fontsize=9)
+    ax.set(xlabel="principal component 0", ylabel="principal component 2")
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
 
 # --- 6. Deep learning for collaborative filtering --------------------------------------------
 
@@ -213,68 +231,115 @@ class CollabNN(nn.Module):
         x = self.layers(torch.cat(embs, dim=1))  # (bs, 1)
         return sigmoid_range(x[:, 0], *self.y_range)  # (bs,): a (bs, 1) would broadcast against y
 
-# --- 7. Using the trained model: predict, recommend, fold in a new user, save and load -------
+# --- 7. Cross-entropy: which films will a user watch? (the book's "Further Research") ---------
+# Fit to ratings, a model learns how a user would rate a film *if* they watched it; a top-N list
+# must guess *which* films they watch. So: each rating is a 1, and unrated films are 0s.
+
+def sample_negatives(users, seen, n_items, gen):
+    """For each user index, an item they never rated (seen: sorted user * n_items + item)."""
+    items = torch.randint(n_items, users.shape, generator=gen, device=users.device)
+    for _ in range(50):  # a user who rated every item keeps a rated one
+        codes = users * n_items + items
+        rated = seen[torch.searchsorted(seen, codes).clamp(max=len(seen) - 1)] == codes
+        items[rated] = torch.randint(n_items, items[rated].shape, generator=gen, device=gen.device)
+    return items
+
+def implicit(seen, n_items, negatives=4, seed=0):
+    """sample(x, y) for fit_one_cycle: a batch's pairs as 1s, and `negatives` 0s for each."""
+    gen = torch.Generator(seen.device).manual_seed(seed)
+
+    def sample(x, y):  # (bs, 2) -> (bs * (1 + negatives), 2)
+        users = x[:, 0].repeat(negatives)
+        x0 = torch.stack([users, sample_negatives(users, seen, n_items, gen)], 1)
+        return torch.cat([x, x0]), torch.cat([torch.ones_like(y), y.new_zeros(len(users))])
+    return sample
+
+# --- 8. Using and evaluating the trained model -----------------------------------------------
+
+def find_item(ids, titles, item):
+    """The index of an item given by id or by title, in any case; else close titles."""
+    names = [str(titles.get(o, o)).lower() for o in ids]
+    if item in ids or str(item).lower() in names:  # a title of two ids: the first id
+        return ids.index(item) if item in ids else names.index(str(item).lower())
+    close = [titles.get(ids[names.index(s)], s) for s in difflib.get_close_matches(
+        str(item).lower(), names, 3, 0.5)]
+    raise ValueError(f"no item {item!r}; " + (f"did you mean {str(close)[1:-1]}?" if close else
+                                               f"items look like {titles.get(ids[0], ids[0])!r}"))
 
 class Collab:
-    """A trained model with what it takes to use it: the id maps, the titles, and who rated what."""
+    """A trained model and what it takes to use it: ids, titles, and who rated what."""
     biases, similar, pca = biases, similar, pca  # section 5
 
-    def __init__(self, model, users, items, titles, rated):
-        self.model, self.users, self.items, self.titles = model, users, items, titles
-        self.rated = rated  # sorted tensor of user * n_items + item, for every rating in the data
+    def __init__(self, model, users, items, titles=None, rated=(), loss="mse"):
+        self.model, self.users, self.items = model, IdMap(users, "user"), IdMap(items, "item")
+        self.titles = {np.asarray(k).item(): str(t) for k, t in (titles or {}).items()}
+        self.rated = torch.as_tensor(np.unique(np.asarray(rated, np.int64)))  # user*n_items+item
+        names = [self.title(i) for i in range(len(self.items.ids))]
+        self.film = torch.as_tensor(np.unique(names, return_inverse=True)[1])  # one per title
+        self.loss, self.history, self.top_n = loss, [], {}
 
     def title(self, i):
         """The title of item index i, or its raw id where there is none."""
         return self.titles.get(self.items.ids[i], str(self.items.ids[i]))
 
+    def films(self, order):
+        """[(id, title)] of item indices in order, each film once (a title may have two ids)."""
+        first = np.sort(np.unique(self.film[order].numpy(), return_index=True)[1])
+        return [(self.items.ids[i], self.title(i)) for i in order[first].tolist()]
+
     def predict(self, users, items):
-        """Predicted ratings of raw user and item ids (broadcast); an unknown id is a KeyError."""
-        x = np.stack(np.broadcast_arrays(self.users.encode(users), self.items.encode(items)), 1)
-        with torch.no_grad():  # x: (n, 2)
-            x = torch.as_tensor(x).to(self.model.user_factors.device)
-            return self.model.eval()(x).cpu().numpy()
+        """Predicted ratings (bce: chances of a rating) of raw ids, broadcast as numpy does."""
+        u, i = np.broadcast_arrays(self.users.encode(users), self.items.encode(items))
+        x = torch.as_tensor(np.stack([u.ravel(), i.ravel()], 1))
+        with torch.no_grad():
+            out = self.model.eval()(x.to(self.model.movie_factors.device))
+        return out.cpu().numpy().reshape(np.atleast_1d(u).shape)
 
     def recommend(self, user, n=5):
-        """The n items this user has not rated, best predicted first: [(title, rating)]."""
+        """The n films this user has not rated, best first: [(id, title, prediction)]."""
+        u, n_items = int(self.users.encode(user)), len(self.items.ids)
         scores = torch.as_tensor(self.predict(user, self.items.ids))  # (n_items,)
-        u = self.users.encode(user)[0]
-        lo, hi = torch.searchsorted(self.rated, torch.tensor([u, u + 1]) * len(scores))
-        scores[self.rated[lo:hi] % len(scores)] = -math.inf  # never what they rated, train or valid
-        top = scores.topk(min(max(n, 0), int(scores.isfinite().sum())))
-        return [(self.title(i), float(r)) for r, i in zip(top.values, top.indices.tolist())]
+        lo, hi = torch.searchsorted(self.rated, torch.tensor([u, u + 1]) * n_items)
+        scores[torch.isin(self.film, self.film[self.rated[lo:hi] % n_items])] = -math.inf
+        order = scores.argsort(descending=True, stable=True)[:int(scores.isfinite().sum())]
+        return [(o, t, float(scores[self.items.o2i[o]])) for o, t in self.films(order)[:n]]
 
-    def fold_in(self, user, items, ratings, steps=100, lr=0.05, wd=1.0):
-        """Add a user unseen in training from a few (item, rating) pairs, fitting only their row."""
-        user, like = np.asarray(user).item(), self.users.ids[0]  # numpy's and torch's as Python's
-        if isinstance(like, int) and isinstance(user, float) and user.is_integer():
-            user = int(user)  # pandas hands over 3000.0 for user 3000
-        if user in self.users.o2i:
-            raise ValueError(f"user {user!r} is in the model already")
-        if type(user) is not type(like):
-            raise ValueError(f"user {user!r} is not an id like the model's, such as {like!r}")
-        y = torch.as_tensor(np.atleast_1d(np.asarray(ratings, dtype=np.float32)))
-        i = torch.as_tensor(self.items.encode(items))
-        if len(i) != len(y) or not len(y) or not y.isfinite().all():
-            raise ValueError(f"fold_in needs one finite rating per item; got {items} and {ratings}")
+    def fold_in(self, user, items, ratings, steps=100, lr=0.05, wd=None):
+        """Add a user unseen in training from (item, rating) pairs, fitting only their row."""
+        user, like = np.asarray(user).item(), self.users.ids[0]  # numpy's, torch's, pandas' 3.0
+        user = int(user) if isinstance(user, float) and user.is_integer() else user
+        y = torch.as_tensor(np.atleast_1d(np.asarray(ratings, np.float32)))
+        i = torch.as_tensor(np.atleast_1d(self.items.encode(items)))
+        for bad, why in [(self.loss != "mse", "a cross-entropy model has no ratings to fit"),
+                         (user in self.users.o2i, f"user {user!r} is in the model already"),
+                         (type(user) is not type(like), f"user {user!r} is no id like {like!r}"),
+                         (len(i) != len(y) or not len(y) or not y.isfinite().all(),
+                          f"give one finite rating per item, not {items} and {ratings}")]:
+            if bad:
+                raise ValueError(f"fold_in: {why}")
         m, params = self.model.eval(), {k: p.detach() for k, p in self.model.named_parameters()}
         rows = {k: nn.Parameter(torch.zeros_like(params[k][:1])) for k in params if "user" in k}
         scale = ((m.y_range[1] - m.y_range[0]) / 5.5) ** 2 or 1.0  # the ratings' units, as in train
-        opt = Adam(rows.values(), eps=1e-5 * scale)
-        x = torch.stack([0 * i, i], 1).to(rows["user_factors"].device)
+        wd = 10 / len(y) * scale if wd is None else wd  # train's lam / n; 1 for 10 ratings
+        x = torch.stack([0 * i, i], 1)
 
         def one_user(x):  # the model with the new user as its only user, all else as trained
             return torch.func.functional_call(m, params | rows, x)
+        opt = Adam(rows.values(), eps=1e-5 * scale)
         for _ in range(steps):
-            train_step(one_user, opt, x, y.to(x.device), lr, 0.9, wd * scale)
+            train_step(one_user, opt, x.to(m.movie_factors.device), y.to(x.device), lr, 0.9, wd)
         for k, row in rows.items():
             setattr(m, k, nn.Parameter(torch.cat([params[k], row.detach()])))
         self.rated = torch.cat([self.rated, len(self.users.ids) * len(self.items.ids) + i.unique()])
         self.users = IdMap(self.users.ids + [user], "user")
 
     def save(self, path):
-        """This Collab, model and all, in one file: written whole or not at all."""
+        """Plain values in one file, written whole or not at all."""
+        values = dict(state=self.model.state_dict(), y_range=[float(y) for y in self.model.y_range],
+                      users=self.users.ids, items=self.items.ids, titles=self.titles,
+                      rated=self.rated, loss=self.loss)
         try:
-            torch.save(self, f"{path}.partial")
+            torch.save(values, f"{path}.partial")
             os.replace(f"{path}.partial", path)
         finally:
             if os.path.exists(f"{path}.partial"):
@@ -282,206 +347,241 @@ class Collab:
 
     @staticmethod
     def load(path, device="cpu"):
-        """Read a file written by save(); weights_only lets out only our classes and tensors."""
+        """Read what save() wrote: plain values and tensors (weights_only), nothing that runs."""
         try:
-            ours = [Collab, IdMap, DotProductBias, CollabNN, nn.Sequential, nn.Linear, nn.ReLU,
-                    nn.Dropout]
-            with torch.serialization.safe_globals(ours):
-                c = torch.load(path, map_location="cpu", weights_only=True)
+            v = torch.load(path, map_location="cpu", weights_only=True)
+            s, y_range = v["state"], v["y_range"]
+            (n_users, k), n_movies = s["user_factors"].shape, len(s["movie_factors"])
+            hidden = [w.shape[0] for name, w in s.items() if name.endswith(".weight")][:-1]
+            model = DotProductBias(n_users, n_movies, k, y_range) if "user_bias" in s else \
+                CollabNN(s["user_factors"].shape, s["movie_factors"].shape, hidden, y_range=y_range)
+            model.load_state_dict(s)
+            c = Collab(model.to(device), v["users"], v["items"], v["titles"], v["rated"], v["loss"])
         except FileNotFoundError:
             raise ValueError(f"no model file at {path}; train one with --save {path}") from None
         except Exception as e:  # truncated, edited, or not ours at all
-            c = e
-        if type(c) is not Collab or not isinstance(c.model, (DotProductBias, CollabNN)):
-            raise ValueError(f"{path} is no minicollab model ({type(c).__name__}); save one again")
-        c.model.to(device)
+            raise ValueError(f"{path} is no minicollab model ({type(e).__name__}); save one again")
         return c
 
-# --- 8. The command line ---------------------------------------------------------------------
-# bs and wd follow the data: an epoch is 64 to ~320 steps (each step's Adam costs every parameter),
-# and wd = lam / n_train * (spread / 4)**2 puts the same L2 on a row at any size and rating scale,
-# where Adam's eps scales by (spread / 4)**2 too, as the gradients do.
-DEFAULTS = dict(dot=dict(epochs=5, lr=0.015, lam=16.0, bs=1024),
-                nn=dict(epochs=6, lr=0.04, lam=8.0, bs=1024, layers=(16,)))
-RANGES = dict(epochs=(int, 1, 10_000), lr=(float, 1e-9, 10.0), wd=(float, 0.0, 1e12),
-              bs=(int, 1, 2 ** 31), factors=(int, 1, 10_000), seed=(int, 0, 2 ** 63 - 1),
-              valid_pct=(float, 1e-9, 0.999999999), top=(int, 1, 100_000))
-TRAINING = ["model", "layers", "data", "ratings", "user_col", "item_col", "rating_col"]
+# The defaults follow the data. bs: 64 to ~320 steps an epoch (an Adam step costs every parameter).
+# wd = lam / n_train * (spread / 4)**2: the same L2 on a row at any size and rating scale; Adam's
+# eps = 1e-5 * (spread / 4)**2, as the gradients scale so. For bce the spread counts as 4.
+DEFAULTS = {("dot", "mse"): dict(epochs=5, lr=0.015, lam=16.0),
+            ("nn", "mse"): dict(epochs=6, lr=0.04, lam=8.0),
+            ("dot", "bce"): dict(epochs=10, lr=0.015, lam=16.0, negatives=4),
+            ("nn", "bce"): dict(epochs=10, lr=0.02, lam=8.0, negatives=4)}
+
+def get_device(name="auto"):
+    """'auto' is CUDA when there is a GPU, else the CPU; one that cannot be used is refused."""
+    name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    if name != "cpu" and (name.partition(":")[0] != "cuda" or not torch.cuda.is_available()):
+        raise ValueError(f"device {name!r} is not usable here: give auto, cpu, or cuda with a GPU")
+    return torch.device(name)
+
+def show_progress(step, steps, seconds):
+    """An epoch's steps and time left past 2 s, on a terminal only: never into a log."""
+    if seconds > 2 and sys.stderr.isatty() and (step % max(1, steps // 100) == 0 or step == steps):
+        line = f"{step}/{steps} steps, {(steps / step - 1) * seconds:.0f} s left" * (step < steps)
+        print(f"\r  {line:<40}\r", end="", file=sys.stderr)
+
+def train(users, items, ratings, titles=None, model="dot", loss="mse", epochs=None, lr=None,
+          wd=None, bs=None, n_factors=50, layers=(16,), valid_pct=0.2, seed=0, device="auto",
+          log=print, find_lr=False):
+    """Train on raw ids and ratings, with defaults that follow them: a Collab (find_lr: a rate)."""
+    (uids, u), (iids, i) = [np.unique(np.asarray(a), return_inverse=True) for a in (users, items)]
+    x, y = torch.as_tensor(np.stack([u, i], 1)), torch.as_tensor(np.asarray(ratings, np.float32))
+    del u, i
+    if len(x) != len(y) or not y.isfinite().all():
+        raise ValueError(f"give one finite rating per (user, item), not {len(y):,} for {len(x):,}")
+    (t, v), hp, device, n_items = split(len(y), valid_pct, seed), DEFAULTS[model, loss], \
+        get_device(device), len(iids)
+    rated = torch.sort(x[:, 0] * n_items + x[:, 1]).values
+    if repeats := int((rated[1:] == rated[:-1]).sum()):  # both copies may land in both splits
+        print(f"warning: ratings that repeat a (user, item) pair: {repeats:,}", file=sys.stderr)
+    (lo, hi), bce, negatives = y.aminmax(), loss == "bce", hp.get("negatives", 0)
+    y_range = (0.0, 1.0) if bce else (float(lo - (hi - lo) / 4), float(hi + (hi - lo) / 8))
+    scale = 1.0 if bce else float((hi - lo) / 4) ** 2 or 1.0  # the book's (0, 5.5) is 1
+    rows = len(t) * (1 + negatives)
+    bs = bs or max(1, round(max(rows / 320, min(1024, rows / 64)) / (1 + negatives)))
+    torch.manual_seed(seed)
+    net = CollabNN(*get_emb_sz(len(uids), n_items), layers, y_range=y_range) if model == "nn" \
+        else DotProductBias(len(uids), n_items, n_factors, y_range)
+    log(f"{len(y):,} ratings, {len(uids):,} users, {n_items:,} items")
+    kw = dict(bs=bs, wd=hp["lam"] / len(t) * scale if wd is None else wd, eps=1e-5 * scale)
+    train_xy, valid_xy = (x[t].to(device), y[t].to(device)), (x[v], y[v])
+    if bce:  # the valid loss on one seeded draw of 0s, so that epochs compare
+        valid_xy = implicit(rated, n_items, negatives, seed + 1)(*valid_xy)
+        kw.update(loss_func=F.binary_cross_entropy,
+                  sample=implicit(rated.to(device), n_items, negatives, seed))
+    net, valid_xy = net.to(device), [a.to(device) for a in valid_xy]
+    if find_lr:
+        return lr_find(net, train_xy, **kw)[0]
+    start, epochs = time.perf_counter(), epochs or hp["epochs"]
+    history = fit_one_cycle(net, train_xy, valid_xy, epochs, lr or hp["lr"], seed=seed, log=log,
+                            progress=show_progress, **kw)
+    log(f"fit: {epochs} epoch{'s' * (epochs > 1)} in {time.perf_counter() - start:.2f} s on {device}")
+    c = Collab(net, uids, iids, titles, rated.cpu(), loss)
+    c.history, liked = history, v[y[v] >= lo + 0.75 * (hi - lo)]  # 4 and 5 of 1..5
+    c.top_n = top_n(net, x[t], x[liked], n_items, seed=seed, log=log)
+    return c
+
+# recall@k: hits in the top k / min(k, relevant), as LensKit's. NDCG@k: binary gains, 1/log2(rank
+# + 1) discounts, over the ideal DCG of min(k, relevant) hits, as RecBole's and sklearn's.
+
+def top_k(scores, k):
+    """The indices of each row's k best scores, best first; ties go to the lower index."""
+    kth = scores.topk(k, dim=1).values[:, -1:]  # (n, 1): each row's k-th best score
+    ahead, tied = scores > kth, scores == kth
+    keep = ahead | tied & (tied.cumsum(1) <= k - ahead.sum(1, keepdim=True))  # k in each row
+    idx = keep.nonzero()[:, 1].view(-1, k)  # (n, k), by index
+    return idx.gather(1, scores.gather(1, idx).sort(dim=1, descending=True, stable=True).indices)
+
+def recall_ndcg(top, relevant):
+    """Each row's recall@k and NDCG@k: top (n, k) items best first, relevant (n, n_items) bools."""
+    hits, k = relevant.gather(1, top).float(), top.shape[1]  # (n, k)
+    n_relevant = relevant.sum(1).clamp(max=k)  # rows with none are the caller's to skip
+    discounts = 1 / torch.log2(torch.arange(2, k + 2, dtype=torch.float))  # ranks 1..k
+    return hits.sum(1) / n_relevant, (hits * discounts).sum(1) / discounts.cumsum(0)[n_relevant - 1]
+
+def score_all(model, users, bs=65536):
+    """(len(users), n_items) predictions of every item: for the dot model, one matrix product."""
+    m, users = model.eval(), users.to(model.movie_factors.device)
+    with torch.no_grad():
+        if isinstance(m, DotProductBias):
+            res = m.user_factors[users] @ m.movie_factors.T + m.user_bias[users, None]
+            return sigmoid_range(res + m.movie_bias, *m.y_range).cpu()
+        x = torch.cartesian_prod(users, torch.arange(len(m.movie_factors), device=users.device))
+        return torch.cat([m(x[i:i + bs]) for i in range(0, len(x), bs)]).view(len(users), -1).cpu()
+
+def top_n(model, train, liked, n_items, k=10, max_users=10_000, seed=0, log=print):
+    """Mean recall@k and NDCG@k of the model and of the most popular items, on liked pairs."""
+    users, gen = liked[:, 0].unique(), torch.Generator().manual_seed(seed)
+    sample = users[torch.randperm(len(users), generator=gen)[:max_users]].sort().values
+
+    def codes(pairs):  # the sample's pairs as its row * n_items + item, sorted
+        pairs = pairs[torch.isin(pairs[:, 0], sample)]
+        rows = torch.searchsorted(sample, pairs[:, 0].contiguous())
+        return torch.sort(rows * n_items + pairs[:, 1]).values
+
+    def grid(codes, a, b):  # (b - a, n_items) bools: rows a..b's pairs
+        g = torch.zeros((b - a) * n_items, dtype=torch.bool)
+        g[codes[torch.searchsorted(codes, a * n_items):torch.searchsorted(codes, b * n_items)]
+          - a * n_items] = True
+        return g.view(b - a, n_items)
+    seen, liked, sums, step = codes(train), codes(liked), torch.zeros(2, 2), 2 ** 21 // n_items + 1
+    popular = torch.bincount(train[:, 1], minlength=n_items).float()  # (n_items,)
+    for a, b in [(a, min(len(sample), a + step)) for a in range(0, len(sample), step)]:
+        for j, scores in enumerate([score_all(model, sample[a:b]), popular.expand(b - a, -1)]):
+            top = top_k(scores.masked_fill(grid(seen, a, b), -math.inf), min(k, n_items))
+            sums[j] += torch.stack([m.sum() for m in recall_ndcg(top, grid(liked, a, b))])
+    (r, nd), (pr, pn) = (sums / max(1, len(sample))).tolist()
+    of = f"a seeded {len(sample):,} of" if len(sample) < len(users) else "all"
+    log(f"top {k} for {of} {len(users):,} users with a liked valid item: recall@{k} {r:.3f}, "
+        f"NDCG@{k} {nd:.3f}; most popular {pr:.3f}, {pn:.3f}")
+    return dict(recall=r, ndcg=nd, popular_recall=pr, popular_ndcg=pn)
+
+# --- 9. The command line ---------------------------------------------------------------------
+TRAINING = {"model", "loss", "layers", "epochs", "lr", "wd", "bs", "n_factors", "valid_pct", "seed"}
+DATA = {"data", "ratings", "user_col", "item_col", "rating_col"}
+HEADINGS = dict(mse=("disliked even by those whose taste they match", "liked even by those whose"
+                     " taste they don't", ""), bce=("rated least", "rated most", " (chance of rating)"))
 
 def fail(message):
     """Refuse bad input with one line, which main prints."""
     raise ValueError(message)
 
-def sizes(s):
-    """--layers 100,50 -> (100, 50)."""
-    return tuple(int(n) for n in s.split(","))
+def number(kind, ok, what):
+    """An argparse type: a finite number of this kind that is ok, else 'give what'."""
+    def parse(s):
+        if not (math.isfinite(v := kind(s)) and ok(v)):  # kind(s) fails: argparse says so
+            raise argparse.ArgumentTypeError(f"{s} is out of range: give {what}")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
 
 def parse_args(argv=None):
     """The flags, checked before anything runs (README.md says what each does)."""
     ap = argparse.ArgumentParser(description="fastbook chapter 8 on MovieLens; README.md has more")
     ap.error = fail  # argparse's own complaints end in one line too
-    for k, (kind, lo, hi) in RANGES.items():
-        ap.add_argument(f"--{k}".replace("_", "-"), type=kind, help=f"{lo} to {hi}")
-    ap.add_argument("--model", choices=["dot", "nn"], help="DotProductBias (default) or CollabNN")
-    ap.add_argument("--layers", type=sizes, help="CollabNN's hidden sizes, e.g. 100,50")
-    ap.add_argument("--device", default="auto", help="auto (CUDA if there is a GPU), cpu or cuda")
-    ap.add_argument("--data", help="a MovieLens by name: ml-100k (default), ml-1m, ... ml-32m")
-    ap.add_argument("--ratings", metavar="FILE", help="a ratings file of your own (CSV, TSV, ...)")
-    for k in ("--user-col", "--item-col", "--rating-col", "--save", "--load", "--recommend"):
-        ap.add_argument(k)
-    ap.add_argument("--similar", metavar="TITLE")
-    ap.add_argument("--plot", metavar="FILE", help="the book's PCA scatter (.png, .pdf or .svg)")
+    count = number(int, lambda v: v >= 1, "1 or more")
+    for k, kind in [("epochs", count), ("bs", count), ("n-factors", count), ("top", count),
+                    ("lr", number(float, lambda v: v > 0, "more than 0")),
+                    ("wd", number(float, lambda v: v >= 0, "0 or more")),
+                    ("seed", number(int, lambda v: v >= 0, "0 or more")),
+                    ("valid-pct", number(float, lambda v: 0 < v < 1, "between 0 and 1")),
+                    ("layers", lambda s: tuple(count(n) for n in s.split(",")))]:
+        ap.add_argument(f"--{k}", type=kind)
+    ap.add_argument("--model", choices=["dot", "nn"])
+    ap.add_argument("--loss", choices=["mse", "bce"])
+    for k in ["device", "data", "ratings", "user-col", "item-col", "rating-col", "save", "load",
+              "recommend", "similar", "plot"]:
+        ap.add_argument(f"--{k}")
     ap.add_argument("--lr-find", action="store_true", help="suggest a learning rate, then stop")
     a = ap.parse_args(argv)
-    for k, (_, lo, hi) in RANGES.items():
-        if getattr(a, k) is not None and not lo <= getattr(a, k) <= hi:  # NaN and inf never are
-            fail(f"--{k} {getattr(a, k)} is out of range: give {lo} to {hi}".replace("_", "-"))
-    trains = [k for k in [*RANGES][:-1] + TRAINING if getattr(a, k) is not None]
-    trains = [f"--{k}".replace("_", "-") for k in trains]
-    unwritable = [p for p in [a.save, a.plot] if p and not writable(p)]
-    asks = a.save or a.load or a.recommend or a.similar or a.plot or a.top or a.epochs or a.lr
-    mpl = not a.plot or importlib.util.find_spec("matplotlib")
-    empty = [k for k, v in vars(a).items() if isinstance(v, str) and not v.strip()]
-    empty = [f"--{k}".replace("_", "-") for k in empty]
+    given = {k for k, v in vars(a).items() if v not in (None, False)}
+    unused = sorted(given & ({"epochs", "lr", "top", "save", "load", "recommend", "similar",
+                              "plot"} if a.lr_find else TRAINING | DATA if a.load else set()))
+    paths = [p for p in (a.save, a.plot) if p and (os.path.isdir(p) or not os.path.isdir(
+        os.path.dirname(p) or "."))]  # a folder, or in none
     for bad, message in [
-        (empty, f"{', '.join(empty)}: give a value, not an empty string"),
-        (a.load and trains, f"--load uses a saved model as it is: drop {', '.join(trains)}"),
-        (a.layers and a.model != "nn", "--layers are CollabNN's hidden layers: add --model nn"),
-        (a.factors and a.model == "nn", "--factors is DotProductBias's: drop it"),
-        (a.layers and not all(1 <= n <= 10_000 for n in a.layers), "--layers: sizes 1 to 10000"),
-        (a.lr_find and asks, "--lr-find only suggests a learning rate: give it alone"),
-        (unwritable, f"cannot write {' or '.join(unwritable)}: name a file you may write"),
-        (a.save and a.plot and os.path.realpath(a.save) == os.path.realpath(a.plot),
-         f"--save and --plot both name {a.save}: give two files"),
-        (a.plot and a.plot[-4:].lower() not in (".png", ".pdf", ".svg"),
-         f"--plot {a.plot}: give a file name ending in .png, .pdf or .svg"),
-        (a.plot and (a.factors or 3) < 3, "--plot shows components 0 and 2: needs --factors 3+"),
-        (not mpl, "--plot needs matplotlib: pip install matplotlib")]:
+            (unused, f"--{'lr-find' if a.lr_find else 'load'} ignores --{', --'.join(unused)}"),
+            (a.layers and a.model != "nn", "--layers are CollabNN's hidden layers: add --model nn"),
+            (a.plot and not importlib.util.find_spec("matplotlib"), "--plot needs matplotlib"),
+            (paths, f"cannot write {' or '.join(paths)}: name a file in a folder that exists")]:
         if bad:
-            fail(message)
-    get_device(a.device)  # refused here, before the data is read
+            fail(message.replace("_", "-"))
+    get_device(a.device or "auto")  # before the data is read
     return a
 
-def writable(path):
-    """Whether a file can be written at path: its folder is tried with a temporary file."""
-    try:
-        tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path))).close()
-    except OSError:
-        return False
-    exists_ok = not os.path.exists(path) or os.access(path, os.W_OK)  # savefig writes it in place
-    return exists_ok and not os.path.isdir(path) and not os.path.isdir(f"{path}.partial")
-
-def get_device(name="auto"):
-    """'auto' is CUDA when there is a GPU, else the CPU; a device that cannot be used is refused."""
-    name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-    if name != "cpu" and (name.partition(":")[0] != "cuda" or not torch.cuda.is_available()):
-        raise ValueError(f"--device {name}: not usable here; give auto, cpu, or cuda with a GPU")
-    return torch.device(name)
-
-def show_progress(step, steps, seconds):
-    """Steps, rate and time left of an epoch over 2 s, on a terminal only: never into a log."""
-    if seconds > 2 and sys.stderr.isatty() and (step % max(1, steps // 100) == 0 or step == steps):
-        left = (steps - step) * seconds / step
-        line = f"\r  {step}/{steps} steps, {step / seconds:.1f}/s, {left:.0f} s left"
-        line = f"{line:<60}" if step < steps else f"\r{'':<60}\r"  # the last one clears the line
-        print(line, end="", file=sys.stderr, flush=True)
-
-def as_id(s, ids):
-    """A command-line string as the type of these ids: '42' is user 42 where the ids are ints."""
+def as_id(s, like):
+    """A command-line string as an id of like's type: '42' is user 42 where ids are ints."""
     digits = s.isascii() and s.removeprefix("-").isdigit()
-    return int(s) if digits and isinstance(ids.ids[0], int) else s
+    return int(s) if digits and isinstance(like, (int, np.integer)) else s
 
-def train(a):
-    """Read the data, split it, train the model the flags ask for; returns a Collab."""
-    import data_fetch
+def run(a):
+    """Read the data, refuse what would lose the run, then train: a Collab (None: --lr-find)."""
+    data_fetch = importlib.import_module(f"{__package__}.data_fetch" if __package__ else "data_fetch")
     d = data_fetch.load(a.data, a.ratings, a.user_col, a.item_col, a.rating_col)
-    (users, u), (items, i) = [np.unique(d.pop(k), return_inverse=True) for k in ("user", "item")]
-    users, items = IdMap(users.tolist(), "user"), IdMap(items.tolist(), "item")
-    if a.recommend is not None:  # an unknown user or title: refused before training
-        users.encode(as_id(a.recommend, users))
-    if a.similar is not None and a.similar not in {d["titles"].get(o, str(o)) for o in items.ids}:
-        fail(f"no title {a.similar!r}; titles look like {d['titles'].get(items.ids[0])!r}")
-    if a.plot and len(items.ids) < 3:
-        fail(f"--plot shows principal components 0 and 2: needs 3+ items, not {len(items.ids)}")
-    rated = torch.as_tensor(np.sort(u * len(items.ids) + i))
-    if repeats := int((rated[1:] == rated[:-1]).sum()):  # both copies may land in both splits
-        print(f"warning: ratings that repeat a (user, item) pair: {repeats:,}", file=sys.stderr)
-    x, y = torch.as_tensor(np.stack([u, i], 1)), torch.as_tensor(d.pop("rating"))
-    del u, i
-    t, v = split(len(y), a.valid_pct or 0.2, a.seed or 0)
-    hp, device = DEFAULTS[a.model or "dot"], get_device(a.device)
-    bs = a.bs or max(1, round(max(len(t) / 320, min(hp["bs"], len(t) / 64))))
-    lo, hi = float(y.min()), float(y.max())
-    y_range = (lo - (hi - lo) / 4, hi + (hi - lo) / 8)  # the book's (0, 5.5) for 1..5, on any scale
-    scale = ((hi - lo) / 4) ** 2 or 1.0  # gradients grow with it: wd and Adam's eps follow
-    wd = hp["lam"] / len(t) * scale if a.wd is None else a.wd
-    if lo == hi:
-        print(f"warning: every rating is {lo:g}: there is nothing to learn", file=sys.stderr)
-    torch.manual_seed(a.seed or 0)
-    if a.model == "nn":
-        embs = get_emb_sz(len(users.ids), len(items.ids))
-        model = CollabNN(*embs, a.layers or hp["layers"], y_range=y_range)
-    else:
-        model = DotProductBias(len(users.ids), len(items.ids), a.factors or 50, y_range)
-    print(f"{len(y):,} ratings, {len(users.ids):,} users, {len(items.ids):,} items")
-    train, valid = (x[t].to(device), y[t].to(device)), (x[v].to(device), y[v].to(device))
-    model = model.to(device)
-    del x, y, t, v
-    if a.lr_find:
-        suggestion = lr_find(model, train, bs=bs, wd=wd, eps=1e-5 * scale)[0]
-        return print(f"suggested learning rate: {suggestion:.1e}")
-    start, epochs = time.perf_counter(), a.epochs or hp["epochs"]
-    fit_one_cycle(model, train, valid, epochs, a.lr or hp["lr"], wd, bs, a.seed or 0,
-                  progress=show_progress, eps=1e-5 * scale)
-    seconds = time.perf_counter() - start
-    print(f"fit: {epochs} epoch{'s' * (epochs > 1)} in {seconds:.2f} s on {device}")
-    return Collab(model, users, items, d["titles"], rated)
+    inputs = [os.path.realpath(p) for p in d.get("files", [a.ratings, d.get("path")]) if p]
+    for p in [p for p in (a.save, a.plot) if p and os.path.realpath(p) in inputs]:
+        fail(f"{p} is this run's data: save to another file")
+    if a.recommend is not None and not (d["user"] == as_id(a.recommend, d["user"][0])).any():
+        fail(f"unknown user {a.recommend!r}")
+    if a.similar is not None:
+        find_item(np.unique(d["item"]).tolist(), d["titles"], a.similar)
+    settings = {k: v for k, v in vars(a).items() if k in TRAINING | {"device"} and v is not None}
+    c = train(d["user"], d["item"], d["rating"], d["titles"], find_lr=a.lr_find, **settings)
+    return print(f"suggested learning rate: {c:.1e}") if a.lr_find else c
 
 def report(c, a, lambs="Silence of the Lambs, The (1991)"):
-    """What the model learned, in titles: the chapter's tour, or only what the flags ask for."""
+    """Save if asked; then what was learned, in titles: the tour, or what the flags ask for."""
+    if a.save:
+        c.save(a.save)
+        print(f"saved the model to {a.save}")
+
     def show(heading, xs):
         print(heading + "".join(f"\n  {x}" for x in xs))
-    tour = a.recommend is None and a.similar is None and not a.plot
+    n, tour, (low, high, chance) = a.top or 5, {a.recommend, a.similar, a.plot} == {None}, \
+        HEADINGS[c.loss]
     if tour and isinstance(c.model, DotProductBias):
-        low, high = c.biases(a.top or 5)
-        show("\nlowest movie bias (disliked even by those whose taste they match):", low)
-        show("highest movie bias (liked even by those whose taste they don't):", high)
+        show(f"\nlowest movie bias ({low}):", [t for _, t in c.biases(n)[0]])
+        show(f"highest movie bias ({high}):", [t for _, t in c.biases(n)[1]])
     if a.similar is not None or tour and lambs in c.titles.values():
-        show(f"most like {a.similar or lambs}:", c.similar(a.similar or lambs, a.top or 5))
+        show(f"most like {a.similar or lambs}:", [t for _, t in c.similar(a.similar or lambs, n)])
     if a.recommend is not None or tour:
-        user = c.users.ids[0] if tour else as_id(a.recommend, c.users)
-        top = c.recommend(user, a.top or 5)
-        heading = f"top {len(top)} for user {user}:" if top else f"user {user} rated every item"
-        show(heading, (f"{r:.2f}  {t}" for t, r in top))
+        user = c.users.ids[0] if tour else as_id(a.recommend, c.users.ids[0])
+        top = c.recommend(user, n)
+        show(f"top {len(top)} for user {user}{chance}:" if top else f"user {user} rated every item",
+             (f"{r:.2f}  {t}" for _, t, r in top))
     if a.plot:
         plot_pca(c, a.plot)
         print(f"saved the PCA plot to {a.plot}")
-
-def plot_pca(c, path, n=50):
-    """The book's scatter of the n most-rated titles on principal components 0 and 2."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    comps, items = c.pca(3)
-    if comps.shape[1] < 3:
-        raise ValueError("--plot shows principal components 0 and 2: needs 3+ factors and items")
-    fig, ax = plt.subplots(figsize=(12, 12))
-    ax.scatter(comps[:n, 0], comps[:n, 2])
-    for (x, _, y), i in zip(comps[:n].tolist(), items[:n]):
-        ax.text(x, y, c.title(i), fontsize=9)
-    ax.set(xlabel="principal component 0", ylabel="principal component 2")
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
 
 def main(argv=None):
     """Run the command line; bad input ends in one line, 'error: ...', and exit status 1."""
     try:
         a = parse_args(argv)
-        c = Collab.load(a.load, get_device(a.device)) if a.load else train(a)
-        if c is not None and a.save:
-            c.save(a.save)
-            print(f"saved the model to {a.save}")
-        if c is not None:
+        if c := Collab.load(a.load, get_device(a.device or "auto")) if a.load else run(a):
             report(c, a)
     except BrokenPipeError:  # stdout closed early (| head): stop quietly, the exit's flush too
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -493,6 +593,5 @@ def main(argv=None):
         return 130
     return 0
 
-if __name__ == "__main__":  # main as imported: saved files hold minicollab.Collab, not __main__'s
-    from minicollab import main
+if __name__ == "__main__":
     sys.exit(main())
