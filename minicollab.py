@@ -238,10 +238,13 @@ class CollabNN(nn.Module):
 def sample_negatives(users, seen, n_items, gen):
     """For each user index, an item they never rated (seen: sorted user * n_items + item)."""
     items = torch.randint(n_items, users.shape, generator=gen, device=users.device)
-    for _ in range(50):  # a user who rated every item keeps a rated one
-        codes = users * n_items + items
-        rated = seen[torch.searchsorted(seen, codes).clamp(max=len(seen) - 1)] == codes
-        items[rated] = torch.randint(n_items, items[rated].shape, generator=gen, device=gen.device)
+    todo = torch.arange(len(users), device=users.device)
+    for _ in range(50):  # draw again where the user rated it; one who rated all keeps one
+        codes = users[todo] * n_items + items[todo]
+        todo = todo[seen[torch.searchsorted(seen, codes).clamp(max=len(seen) - 1)] == codes]
+        if not len(todo):
+            break
+        items[todo] = torch.randint(n_items, todo.shape, generator=gen, device=gen.device)
     return items
 
 def implicit(seen, n_items, negatives=4, seed=0):
@@ -262,7 +265,7 @@ def find_item(ids, titles, item):
     if item in ids or str(item).lower() in names:  # a title of two ids: the first id
         return ids.index(item) if item in ids else names.index(str(item).lower())
     close = [titles.get(ids[names.index(s)], s) for s in difflib.get_close_matches(
-        str(item).lower(), names, 3, 0.5)]
+        str(item).lower(), list(dict.fromkeys(names)), 3, 0.5)]  # a film once
     raise ValueError(f"no item {item!r}; " + (f"did you mean {str(close)[1:-1]}?" if close else
                                                f"items look like {titles.get(ids[0], ids[0])!r}"))
 
@@ -363,18 +366,21 @@ class Collab:
             raise ValueError(f"{path} is no minicollab model ({type(e).__name__}); save one again")
         return c
 
-# The defaults follow the data. bs: 64 to ~320 steps an epoch (an Adam step costs every parameter).
-# wd = lam / n_train * (spread / 4)**2: the same L2 on a row at any size and rating scale; Adam's
-# eps = 1e-5 * (spread / 4)**2, as the gradients scale so. For bce the spread counts as 4.
-DEFAULTS = {("dot", "mse"): dict(epochs=5, lr=0.015, lam=16.0),
-            ("nn", "mse"): dict(epochs=6, lr=0.04, lam=8.0),
-            ("dot", "bce"): dict(epochs=10, lr=0.015, lam=16.0, negatives=4),
-            ("nn", "bce"): dict(epochs=10, lr=0.02, lam=8.0, negatives=4)}
+# The defaults follow the data, with rows the training rows of an epoch (bce: 1 + negatives for
+# each liked rating). bs: 64 to ~320 steps an epoch (an Adam step costs every parameter), and
+# fewer epochs where they would pass 3e8 rows in all (25M ratings by bce: 3, not 10). wd =
+# lam / rows * (spread / 4)**2: the same L2 on a row at any size and rating scale; Adam's eps =
+# 1e-5 * (spread / 4)**2, as the gradients scale so. For bce the spread counts as 4.
+DEFAULTS = {("dot", "mse"): dict(epochs=5, lr=0.015, lam=16.0, bs=1024),
+            ("nn", "mse"): dict(epochs=6, lr=0.04, lam=8.0, bs=1024),
+            ("dot", "bce"): dict(epochs=10, lr=0.02, lam=4.0, bs=4096, negatives=8),
+            ("nn", "bce"): dict(epochs=10, lr=0.03, lam=1.0, bs=4096, negatives=8)}
 
 def get_device(name="auto"):
     """'auto' is CUDA when there is a GPU, else the CPU; one that cannot be used is refused."""
     name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-    if name != "cpu" and (name.partition(":")[0] != "cuda" or not torch.cuda.is_available()):
+    if name.partition(":")[0] not in ("cpu", "cuda") or "cuda" in name and not torch.cuda.\
+            is_available():
         raise ValueError(f"device {name!r} is not usable here: give auto, cpu, or cuda with a GPU")
     return torch.device(name)
 
@@ -398,31 +404,39 @@ def train(users, items, ratings, titles=None, model="dot", loss="mse", epochs=No
     rated = torch.sort(x[:, 0] * n_items + x[:, 1]).values
     if repeats := int((rated[1:] == rated[:-1]).sum()):  # both copies may land in both splits
         print(f"warning: ratings that repeat a (user, item) pair: {repeats:,}", file=sys.stderr)
-    (lo, hi), bce, negatives = y.aminmax(), loss == "bce", hp.get("negatives", 0)
+    (lo, hi), bce, neg = y.aminmax(), loss == "bce", hp.get("negatives", 0)
+    liked = lo + 0.75 * (hi - lo)  # 4 of 1..5: what the top-N lists should find
     y_range = (0.0, 1.0) if bce else (float(lo - (hi - lo) / 4), float(hi + (hi - lo) / 8))
-    scale = 1.0 if bce else float((hi - lo) / 4) ** 2 or 1.0  # the book's (0, 5.5) is 1
-    rows = len(t) * (1 + negatives)
-    bs = bs or max(1, round(max(rows / 320, min(1024, rows / 64)) / (1 + negatives)))
+    scale = 1.0 if bce else float((hi - lo) / 4) ** 2 or 1.0  # the book's (0, 5.5): 1
+    pos = t[y[t] >= liked] if bce else t  # bce: the liked ratings are its 1s
+    if bce and not (len(pos) and (y[v] >= liked).any()):
+        raise ValueError(f"bce needs ratings of {liked:g} or more in training and validation")
+    rows = len(pos) * (1 + neg)
+    bs = max(1, round(max(rows / 320, min(hp["bs"], rows / 64)) / (1 + neg))) if bs is None else bs
     torch.manual_seed(seed)
     net = CollabNN(*get_emb_sz(len(uids), n_items), layers, y_range=y_range) if model == "nn" \
         else DotProductBias(len(uids), n_items, n_factors, y_range)
     log(f"{len(y):,} ratings, {len(uids):,} users, {n_items:,} items")
-    kw = dict(bs=bs, wd=hp["lam"] / len(t) * scale if wd is None else wd, eps=1e-5 * scale)
-    train_xy, valid_xy = (x[t].to(device), y[t].to(device)), (x[v], y[v])
-    if bce:  # the valid loss on one seeded draw of 0s, so that epochs compare
-        valid_xy = implicit(rated, n_items, negatives, seed + 1)(*valid_xy)
-        kw.update(loss_func=F.binary_cross_entropy,
-                  sample=implicit(rated.to(device), n_items, negatives, seed))
-    net, valid_xy = net.to(device), [a.to(device) for a in valid_xy]
+    kw = dict(bs=bs, wd=hp["lam"] / rows * scale if wd is None else wd, eps=1e-5 * scale)
+    train_xy, valid_xy = (x[pos], y[pos]), (x[v], y[v])
+    if bce:  # 0s never rated in training; the valid loss on one seeded draw, so epochs compare
+        seen = torch.sort(x[t, 0] * n_items + x[t, 1]).values
+        valid_xy = implicit(rated, n_items, neg, seed + 1)(x[v[y[v] >= liked]], y[v[y[v] >= liked]])
+        kw.update(loss_func=F.binary_cross_entropy, sample=implicit(seen.to(device), n_items, neg,
+                                                                     seed))
+    net, train_xy, valid_xy = net.to(device), [a.to(device) for a in train_xy], [
+        a.to(device) for a in valid_xy]
     if find_lr:
         return lr_find(net, train_xy, **kw)[0]
-    start, epochs = time.perf_counter(), epochs or hp["epochs"]
-    history = fit_one_cycle(net, train_xy, valid_xy, epochs, lr or hp["lr"], seed=seed, log=log,
+    epochs = max(1, min(hp["epochs"], round(3e8 / rows))) if epochs is None else epochs
+    start, lr = time.perf_counter(), hp["lr"] if lr is None else lr
+    history = fit_one_cycle(net, train_xy, valid_xy, epochs, lr, seed=seed, log=log,
                             progress=show_progress, **kw)
-    log(f"fit: {epochs} epoch{'s' * (epochs > 1)} in {time.perf_counter() - start:.2f} s on {device}")
+    seconds = time.perf_counter() - start
+    log(f"fit: {epochs} epoch{'s' * (epochs > 1)} in {seconds:.2f} s on {device}")
     c = Collab(net, uids, iids, titles, rated.cpu(), loss)
-    c.history, liked = history, v[y[v] >= lo + 0.75 * (hi - lo)]  # 4 and 5 of 1..5
-    c.top_n = top_n(net, x[t], x[liked], n_items, seed=seed, log=log)
+    c.history = history
+    c.top_n = top_n(net, x[t], x[v[y[v] >= liked]], n_items, seed=seed, log=log)
     return c
 
 # recall@k: hits in the top k / min(k, relevant), as LensKit's. NDCG@k: binary gains, 1/log2(rank
@@ -483,17 +497,22 @@ def top_n(model, train, liked, n_items, k=10, max_users=10_000, seed=0, log=prin
 # --- 9. The command line ---------------------------------------------------------------------
 TRAINING = {"model", "loss", "layers", "epochs", "lr", "wd", "bs", "n_factors", "valid_pct", "seed"}
 DATA = {"data", "ratings", "user_col", "item_col", "rating_col"}
-HEADINGS = dict(mse=("disliked even by those whose taste they match", "liked even by those whose"
-                     " taste they don't", ""), bce=("rated least", "rated most", " (chance of rating)"))
+HEADINGS = dict(mse=("disliked even by those whose taste they match", "liked even by those"
+                     " whose taste they don't", ""),
+                bce=("rated least", "rated most", " (chance of rating)"))
 
 def fail(message):
     """Refuse bad input with one line, which main prints."""
     raise ValueError(message)
 
+def sizes(s):
+    """--layers 100,50 -> (100, 50)."""
+    return tuple(int(n) for n in s.split(","))
+
 def number(kind, ok, what):
-    """An argparse type: a finite number of this kind that is ok, else 'give what'."""
+    """An argparse type: finite numbers of this kind that are ok, else 'give what'."""
     def parse(s):
-        if not (math.isfinite(v := kind(s)) and ok(v)):  # kind(s) fails: argparse says so
+        if not (np.isfinite(v := kind(s)).all() and ok(v)):  # kind(s) fails: argparse says so
             raise argparse.ArgumentTypeError(f"{s} is out of range: give {what}")
         return v
     parse.__name__ = kind.__name__
@@ -509,7 +528,7 @@ def parse_args(argv=None):
                     ("wd", number(float, lambda v: v >= 0, "0 or more")),
                     ("seed", number(int, lambda v: v >= 0, "0 or more")),
                     ("valid-pct", number(float, lambda v: 0 < v < 1, "between 0 and 1")),
-                    ("layers", lambda s: tuple(count(n) for n in s.split(",")))]:
+                    ("layers", number(sizes, lambda v: min(v) >= 1, "sizes like 100,50"))]:
         ap.add_argument(f"--{k}", type=kind)
     ap.add_argument("--model", choices=["dot", "nn"])
     ap.add_argument("--loss", choices=["mse", "bce"])
@@ -527,7 +546,9 @@ def parse_args(argv=None):
             (unused, f"--{'lr-find' if a.lr_find else 'load'} ignores --{', --'.join(unused)}"),
             (a.layers and a.model != "nn", "--layers are CollabNN's hidden layers: add --model nn"),
             (a.plot and not importlib.util.find_spec("matplotlib"), "--plot needs matplotlib"),
-            (paths, f"cannot write {' or '.join(paths)}: name a file in a folder that exists")]:
+            (paths, f"cannot write {' or '.join(paths)}: name a file in a folder that exists"),
+            (a.save and a.plot and os.path.realpath(a.save) == os.path.realpath(a.plot),
+             f"--save and --plot both name {a.save}: give two files")]:
         if bad:
             fail(message.replace("_", "-"))
     get_device(a.device or "auto")  # before the data is read
@@ -540,15 +561,17 @@ def as_id(s, like):
 
 def run(a):
     """Read the data, refuse what would lose the run, then train: a Collab (None: --lr-find)."""
-    data_fetch = importlib.import_module(f"{__package__}.data_fetch" if __package__ else "data_fetch")
+    data_fetch = importlib.import_module(f"{__package__ or ''}.data_fetch".lstrip("."))
     d = data_fetch.load(a.data, a.ratings, a.user_col, a.item_col, a.rating_col)
-    inputs = [os.path.realpath(p) for p in d.get("files", [a.ratings, d.get("path")]) if p]
+    inputs = [p for p in d.get("files", [a.ratings, d.get("path")]) if p]
+    inputs = {os.path.realpath(p) for p in inputs + [os.path.join(os.path.dirname(p), "movies.csv")
+                                                     for p in inputs]}
     for p in [p for p in (a.save, a.plot) if p and os.path.realpath(p) in inputs]:
         fail(f"{p} is this run's data: save to another file")
     if a.recommend is not None and not (d["user"] == as_id(a.recommend, d["user"][0])).any():
         fail(f"unknown user {a.recommend!r}")
     if a.similar is not None:
-        find_item(np.unique(d["item"]).tolist(), d["titles"], a.similar)
+        find_item(np.unique(d["item"]).tolist(), d["titles"], as_id(a.similar, d["item"][0]))
     settings = {k: v for k, v in vars(a).items() if k in TRAINING | {"device"} and v is not None}
     c = train(d["user"], d["item"], d["rating"], d["titles"], find_lr=a.lr_find, **settings)
     return print(f"suggested learning rate: {c:.1e}") if a.lr_find else c
@@ -566,8 +589,9 @@ def report(c, a, lambs="Silence of the Lambs, The (1991)"):
     if tour and isinstance(c.model, DotProductBias):
         show(f"\nlowest movie bias ({low}):", [t for _, t in c.biases(n)[0]])
         show(f"highest movie bias ({high}):", [t for _, t in c.biases(n)[1]])
-    if a.similar is not None or tour and lambs in c.titles.values():
-        show(f"most like {a.similar or lambs}:", [t for _, t in c.similar(a.similar or lambs, n)])
+    if a.similar is not None or tour and lambs in map(c.title, range(len(c.items.ids))):
+        item = lambs if a.similar is None else as_id(a.similar, c.items.ids[0])
+        show(f"most like {item}:", [t for _, t in c.similar(item, n)])
     if a.recommend is not None or tour:
         user = c.users.ids[0] if tour else as_id(a.recommend, c.users.ids[0])
         top = c.recommend(user, n)

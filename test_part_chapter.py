@@ -423,3 +423,47 @@ def test_top_n_equals_a_brute_force_count_for_the_model_and_the_most_popular_lis
     sampled = top_n(model, train, liked, 40, max_users=5, seed=3, log=lines.append)
     assert "a seeded 5 of" in lines[0] and sampled != got
     assert sampled == top_n(model, train, liked, 40, max_users=5, seed=3, log=lambda s: None)
+
+
+# ---- benchmark, on demand only: an ML-25M-shaped file, read, trained and measured ------------
+# MINICOLLAB_BENCH=1 python -m pytest -q -s -k benchmark test_minicollab.py  (=2.5: 2.5M ratings)
+
+BENCH = os.environ.get("MINICOLLAB_BENCH")
+
+
+def ml25m_shaped(path, n_ratings=25_000_000, n_users=162_541, n_items=59_047, rank=8, seed=0):
+    """Write a ratings.csv like ML-25M's from a known rank-8 model plus noise (sd 0.75)."""
+    rng = np.random.default_rng(seed)
+    activity = rng.lognormal(0, 1.0, n_users)  # a few users rate a lot; popularity follows Zipf
+    popularity = 1 / rng.permutation(np.arange(1, n_items + 1))
+    users = np.concatenate([np.arange(n_users), rng.choice(n_users, n_ratings - n_users,
+                                                           p=activity / activity.sum())])
+    items = rng.choice(n_items, n_ratings, p=popularity / popularity.sum())
+    movie_ids = np.sort(rng.choice(np.arange(1, 209_172), n_items, replace=False))
+    p, q = (rng.normal(0, (0.5 / rank) ** 0.25, (n, rank)) for n in (n_users, n_items))
+    s = 3.53 + rng.normal(0, 0.45, n_users)[users] + rng.normal(0, 0.5, n_items)[items]
+    for k in range(rank):
+        s += p[users, k] * q[items, k]
+    stars = np.clip(np.round(2 * (s + rng.normal(0, 0.75, n_ratings))), 1, 10).astype(np.int64)
+    with open(path, "w") as f:
+        f.write("userId,movieId,rating,timestamp\n")
+        for a in range(0, n_ratings, 1_000_000):
+            b = slice(a, a + 1_000_000)
+            f.write("".join(f"{u},{i},{r / 2},{t}\n" for u, i, r, t in zip(
+                (users[b] + 1).tolist(), movie_ids[items[b]].tolist(), stars[b].tolist(),
+                rng.integers(789_652_009, 1_574_327_703, len(stars[b])).tolist())))
+
+
+@pytest.mark.skipif(not BENCH, reason="a benchmark: MINICOLLAB_BENCH=1 runs it (minutes)")
+@pytest.mark.parametrize("flags", [[], ["--loss", "bce"]], ids=["mse", "bce"])
+def test_benchmark_ml25m_shaped_file(tmp_path_factory, flags):
+    n = 25_000_000 if BENCH == "1" else int(float(BENCH) * 1e6)
+    path = tmp_path_factory.getbasetemp() / f"ratings-{n}.csv"
+    if not path.exists():
+        ml25m_shaped(path, n, round(162_541 * n / 25e6), round(59_047 * n / 25e6))
+    here = os.path.dirname(os.path.abspath(__file__))
+    cmd = ["/usr/bin/time", "-f", "peak %M KiB, wall %e s", sys.executable,
+           os.path.join(here, "minicollab.py"), "--ratings", str(path), *flags]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    print("\n" + r.stdout.split("\nlowest")[0] + "\n" + r.stderr.strip())
+    assert r.returncode == 0 and "recall@10" in r.stdout
