@@ -392,10 +392,13 @@ def load(name=None, ratings=None, user_col=None, item_col=None, rating_col=None)
     if ratings is None and (user_col or item_col or rating_col):
         raise DataError("--user-col and the like pick columns of --ratings FILE")
     if ratings is None:  # where it came from is part of a run's output: stderr is for trouble
-        return load_movielens("ml-100k" if name is None else name, summary=sys.stdout)
+        data = load_movielens("ml-100k" if name is None else name, summary=sys.stdout)
+        data["files"] = [data["path"], data["path"].with_suffix(".item")]  # .inter: its titles
+        return data
     data = read_ratings(ratings, user_col, item_col, rating_col)
     if len(data["rating"]) < 2:
         raise DataError(f"{ratings} holds 1 rating; training and validating need at least two")
+    data["files"] = [ratings, pathlib.Path(ratings).expanduser().with_name("movies.csv")]
     return data
 
 def load_movielens(name="ml-100k", dir=None, from_file=None, quiet=False, summary=None):

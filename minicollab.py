@@ -276,7 +276,7 @@ class Collab:
     def __init__(self, model, users, items, titles=None, rated=(), loss="mse"):
         self.model, self.users, self.items = model, IdMap(users, "user"), IdMap(items, "item")
         self.titles = {np.asarray(k).item(): str(t) for k, t in (titles or {}).items()}
-        self.rated = torch.as_tensor(np.unique(np.asarray(rated, np.int64)))  # user*n_items+item
+        self.rated = torch.unique(torch.as_tensor(np.asarray(rated, np.int64)))  # sorted codes
         names = [self.title(i) for i in range(len(self.items.ids))]
         self.film = torch.as_tensor(np.unique(names, return_inverse=True)[1])  # one per title
         self.loss, self.history, self.top_n = loss, [], {}
@@ -368,7 +368,7 @@ class Collab:
 
 # The defaults follow the data, with rows the training rows of an epoch (bce: 1 + negatives for
 # each liked rating). bs: 64 to ~320 steps an epoch (an Adam step costs every parameter), and
-# fewer epochs where they would pass 3e8 rows in all (25M ratings by bce: 3, not 10). wd =
+# fewer epochs where they would pass 1.4e8 rows in all (25M ratings by bce: 1, not 10). wd =
 # lam / rows * (spread / 4)**2: the same L2 on a row at any size and rating scale; Adam's eps =
 # 1e-5 * (spread / 4)**2, as the gradients scale so. For bce the spread counts as 4.
 DEFAULTS = {("dot", "mse"): dict(epochs=5, lr=0.015, lam=16.0, bs=1024),
@@ -390,27 +390,35 @@ def show_progress(step, steps, seconds):
         line = f"{step}/{steps} steps, {(steps / step - 1) * seconds:.0f} s left" * (step < steps)
         print(f"\r  {line:<40}\r", end="", file=sys.stderr)
 
+def unique(a):
+    """np.unique(a, return_inverse=True), by torch where the ids are ints: 5 times faster."""
+    if a.dtype.kind != "i":
+        return np.unique(a, return_inverse=True)
+    ids, inverse = torch.unique(torch.as_tensor(a), return_inverse=True)
+    return ids.numpy(), inverse.numpy()
+
 def train(users, items, ratings, titles=None, model="dot", loss="mse", epochs=None, lr=None,
           wd=None, bs=None, n_factors=50, layers=(16,), valid_pct=0.2, seed=0, device="auto",
           log=print, find_lr=False):
     """Train on raw ids and ratings, with defaults that follow them: a Collab (find_lr: a rate)."""
-    (uids, u), (iids, i) = [np.unique(np.asarray(a), return_inverse=True) for a in (users, items)]
+    (uids, u), (iids, i) = [unique(np.asarray(a)) for a in (users, items)]
     x, y = torch.as_tensor(np.stack([u, i], 1)), torch.as_tensor(np.asarray(ratings, np.float32))
-    del u, i
+    del users, items, u, i  # what the caller passed on is freed: 25M ratings take gigabytes
     if len(x) != len(y) or not y.isfinite().all():
         raise ValueError(f"give one finite rating per (user, item), not {len(y):,} for {len(x):,}")
     (t, v), hp, device, n_items = split(len(y), valid_pct, seed), DEFAULTS[model, loss], \
         get_device(device), len(iids)
-    rated = torch.sort(x[:, 0] * n_items + x[:, 1]).values
+    codes = x[:, 0] * n_items + x[:, 1]  # (n,): one number per (user, item)
+    rated, seen = codes.sort().values, codes[t].sort().values  # all pairs, and training's
     if repeats := int((rated[1:] == rated[:-1]).sum()):  # both copies may land in both splits
         print(f"warning: ratings that repeat a (user, item) pair: {repeats:,}", file=sys.stderr)
     (lo, hi), bce, neg = y.aminmax(), loss == "bce", hp.get("negatives", 0)
-    liked = lo + 0.75 * (hi - lo)  # 4 of 1..5: what the top-N lists should find
+    liked = v[y[v] >= lo + 0.75 * (hi - lo)]  # 4 and 5 of 1..5: what a top-N list should find
     y_range = (0.0, 1.0) if bce else (float(lo - (hi - lo) / 4), float(hi + (hi - lo) / 8))
     scale = 1.0 if bce else float((hi - lo) / 4) ** 2 or 1.0  # the book's (0, 5.5): 1
-    pos = t[y[t] >= liked] if bce else t  # bce: the liked ratings are its 1s
-    if bce and not (len(pos) and (y[v] >= liked).any()):
-        raise ValueError(f"bce needs ratings of {liked:g} or more in training and validation")
+    pos = t[y[t] >= lo + 0.75 * (hi - lo)] if bce else t  # bce: the liked ratings are its 1s
+    if bce and not (len(pos) and len(liked)):
+        raise ValueError(f"bce needs ratings of {lo + 0.75 * (hi - lo):g} or more in both splits")
     rows = len(pos) * (1 + neg)
     bs = max(1, round(max(rows / 320, min(hp["bs"], rows / 64)) / (1 + neg))) if bs is None else bs
     torch.manual_seed(seed)
@@ -418,25 +426,24 @@ def train(users, items, ratings, titles=None, model="dot", loss="mse", epochs=No
         else DotProductBias(len(uids), n_items, n_factors, y_range)
     log(f"{len(y):,} ratings, {len(uids):,} users, {n_items:,} items")
     kw = dict(bs=bs, wd=hp["lam"] / rows * scale if wd is None else wd, eps=1e-5 * scale)
-    train_xy, valid_xy = (x[pos], y[pos]), (x[v], y[v])
+    train_xy, valid_xy, good = (x[pos], y[pos]), (x[v], y[v]), codes[liked].sort().values
     if bce:  # 0s never rated in training; the valid loss on one seeded draw, so epochs compare
-        seen = torch.sort(x[t, 0] * n_items + x[t, 1]).values
-        valid_xy = implicit(rated, n_items, neg, seed + 1)(x[v[y[v] >= liked]], y[v[y[v] >= liked]])
+        valid_xy = implicit(rated, n_items, neg, seed + 1)(x[liked], y[liked])
         kw.update(loss_func=F.binary_cross_entropy, sample=implicit(seen.to(device), n_items, neg,
                                                                      seed))
+    del x, y, codes, t, v, pos  # 25M ratings: the copies above are what training needs
     net, train_xy, valid_xy = net.to(device), [a.to(device) for a in train_xy], [
         a.to(device) for a in valid_xy]
     if find_lr:
         return lr_find(net, train_xy, **kw)[0]
-    epochs = max(1, min(hp["epochs"], round(3e8 / rows))) if epochs is None else epochs
+    epochs = max(1, min(hp["epochs"], int(1.4e8 // rows))) if epochs is None else epochs
     start, lr = time.perf_counter(), hp["lr"] if lr is None else lr
     history = fit_one_cycle(net, train_xy, valid_xy, epochs, lr, seed=seed, log=log,
                             progress=show_progress, **kw)
     seconds = time.perf_counter() - start
     log(f"fit: {epochs} epoch{'s' * (epochs > 1)} in {seconds:.2f} s on {device}")
     c = Collab(net, uids, iids, titles, rated.cpu(), loss)
-    c.history = history
-    c.top_n = top_n(net, x[t], x[v[y[v] >= liked]], n_items, seed=seed, log=log)
+    c.history, c.top_n = history, top_n(net, seen, good, n_items, seed=seed, log=log)
     return c
 
 # recall@k: hits in the top k / min(k, relevant), as LensKit's. NDCG@k: binary gains, 1/log2(rank
@@ -444,10 +451,11 @@ def train(users, items, ratings, titles=None, model="dot", loss="mse", epochs=No
 
 def top_k(scores, k):
     """The indices of each row's k best scores, best first; ties go to the lower index."""
-    kth = scores.topk(k, dim=1).values[:, -1:]  # (n, 1): each row's k-th best score
-    ahead, tied = scores > kth, scores == kth
-    keep = ahead | tied & (tied.cumsum(1) <= k - ahead.sum(1, keepdim=True))  # k in each row
-    idx = keep.nonzero()[:, 1].view(-1, k)  # (n, k), by index
+    idx = scores.topk(k, dim=1).indices.sort(dim=1).values  # (n, k), by index
+    kth = scores.gather(1, idx).min(1, keepdim=True).values  # (n, 1): each row's k-th best
+    for r in ((scores == kth).sum(1) > (scores.gather(1, idx) == kth).sum(1)).nonzero()[:, 0]:
+        ahead, tied = (scores[r] > kth[r]).nonzero()[:, 0], (scores[r] == kth[r]).nonzero()[:, 0]
+        idx[r] = torch.cat([ahead, tied[:k - len(ahead)]]).sort().values  # a tie at the k-th
     return idx.gather(1, scores.gather(1, idx).sort(dim=1, descending=True, stable=True).indices)
 
 def recall_ndcg(top, relevant):
@@ -467,27 +475,30 @@ def score_all(model, users, bs=65536):
         x = torch.cartesian_prod(users, torch.arange(len(m.movie_factors), device=users.device))
         return torch.cat([m(x[i:i + bs]) for i in range(0, len(x), bs)]).view(len(users), -1).cpu()
 
-def top_n(model, train, liked, n_items, k=10, max_users=10_000, seed=0, log=print):
-    """Mean recall@k and NDCG@k of the model and of the most popular items, on liked pairs."""
-    users, gen = liked[:, 0].unique(), torch.Generator().manual_seed(seed)
+def top_n(model, seen, liked, n_items, k=10, max_users=10_000, seed=0, log=print):
+    """Mean recall@k and NDCG@k of the model and of the most popular items; seen and liked: the
+    sorted user * n_items + item of the training pairs and of the liked valid ones."""
+    users, gen = torch.unique(liked // n_items), torch.Generator().manual_seed(seed)
     sample = users[torch.randperm(len(users), generator=gen)[:max_users]].sort().values
 
-    def codes(pairs):  # the sample's pairs as its row * n_items + item, sorted
-        pairs = pairs[torch.isin(pairs[:, 0], sample)]
-        rows = torch.searchsorted(sample, pairs[:, 0].contiguous())
-        return torch.sort(rows * n_items + pairs[:, 1]).values
+    def rows(codes):  # the sample's codes as its row * n_items + item
+        lo, hi = torch.searchsorted(codes, torch.stack([sample, sample + 1]) * n_items)
+        row = torch.repeat_interleave(torch.arange(len(sample)), hi - lo)
+        at = lo[row] + torch.arange(len(row)) - (torch.cumsum(hi - lo, 0) - (hi - lo))[row]
+        return row * n_items + codes[at] % n_items
 
     def grid(codes, a, b):  # (b - a, n_items) bools: rows a..b's pairs
         g = torch.zeros((b - a) * n_items, dtype=torch.bool)
         g[codes[torch.searchsorted(codes, a * n_items):torch.searchsorted(codes, b * n_items)]
           - a * n_items] = True
         return g.view(b - a, n_items)
-    seen, liked, sums, step = codes(train), codes(liked), torch.zeros(2, 2), 2 ** 21 // n_items + 1
-    popular = torch.bincount(train[:, 1], minlength=n_items).float()  # (n_items,)
+    popular = torch.bincount(seen % n_items, minlength=n_items).float()  # (n_items,)
+    seen, liked, sums, step = rows(seen), rows(liked), torch.zeros(2, 2), 2 ** 22 // n_items + 1
     for a, b in [(a, min(len(sample), a + step)) for a in range(0, len(sample), step)]:
-        for j, scores in enumerate([score_all(model, sample[a:b]), popular.expand(b - a, -1)]):
-            top = top_k(scores.masked_fill(grid(seen, a, b), -math.inf), min(k, n_items))
-            sums[j] += torch.stack([m.sum() for m in recall_ndcg(top, grid(liked, a, b))])
+        mask, relevant = grid(seen, a, b), grid(liked, a, b)
+        for j, scores in enumerate([score_all(model, sample[a:b]), popular.repeat(b - a, 1)]):
+            top = top_k(scores.masked_fill_(mask, -math.inf), min(k, n_items))
+            sums[j] += torch.stack([m.sum() for m in recall_ndcg(top, relevant)])
     (r, nd), (pr, pn) = (sums / max(1, len(sample))).tolist()
     of = f"a seeded {len(sample):,} of" if len(sample) < len(users) else "all"
     log(f"top {k} for {of} {len(users):,} users with a liked valid item: recall@{k} {r:.3f}, "
@@ -497,9 +508,6 @@ def top_n(model, train, liked, n_items, k=10, max_users=10_000, seed=0, log=prin
 # --- 9. The command line ---------------------------------------------------------------------
 TRAINING = {"model", "loss", "layers", "epochs", "lr", "wd", "bs", "n_factors", "valid_pct", "seed"}
 DATA = {"data", "ratings", "user_col", "item_col", "rating_col"}
-HEADINGS = dict(mse=("disliked even by those whose taste they match", "liked even by those"
-                     " whose taste they don't", ""),
-                bce=("rated least", "rated most", " (chance of rating)"))
 
 def fail(message):
     """Refuse bad input with one line, which main prints."""
@@ -532,8 +540,8 @@ def parse_args(argv=None):
         ap.add_argument(f"--{k}", type=kind)
     ap.add_argument("--model", choices=["dot", "nn"])
     ap.add_argument("--loss", choices=["mse", "bce"])
-    for k in ["device", "data", "ratings", "user-col", "item-col", "rating-col", "save", "load",
-              "recommend", "similar", "plot"]:
+    for k in ("device data ratings user-col item-col rating-col save load recommend similar "
+              "plot").split():
         ap.add_argument(f"--{k}")
     ap.add_argument("--lr-find", action="store_true", help="suggest a learning rate, then stop")
     a = ap.parse_args(argv)
@@ -546,9 +554,7 @@ def parse_args(argv=None):
             (unused, f"--{'lr-find' if a.lr_find else 'load'} ignores --{', --'.join(unused)}"),
             (a.layers and a.model != "nn", "--layers are CollabNN's hidden layers: add --model nn"),
             (a.plot and not importlib.util.find_spec("matplotlib"), "--plot needs matplotlib"),
-            (paths, f"cannot write {' or '.join(paths)}: name a file in a folder that exists"),
-            (a.save and a.plot and os.path.realpath(a.save) == os.path.realpath(a.plot),
-             f"--save and --plot both name {a.save}: give two files")]:
+            (paths, f"cannot write {' or '.join(paths)}: name a file in a folder that exists")]:
         if bad:
             fail(message.replace("_", "-"))
     get_device(a.device or "auto")  # before the data is read
@@ -563,9 +569,7 @@ def run(a):
     """Read the data, refuse what would lose the run, then train: a Collab (None: --lr-find)."""
     data_fetch = importlib.import_module(f"{__package__ or ''}.data_fetch".lstrip("."))
     d = data_fetch.load(a.data, a.ratings, a.user_col, a.item_col, a.rating_col)
-    inputs = [p for p in d.get("files", [a.ratings, d.get("path")]) if p]
-    inputs = {os.path.realpath(p) for p in inputs + [os.path.join(os.path.dirname(p), "movies.csv")
-                                                     for p in inputs]}
+    inputs = {os.path.realpath(p) for p in d["files"]}  # the ratings, and the titles beside them
     for p in [p for p in (a.save, a.plot) if p and os.path.realpath(p) in inputs]:
         fail(f"{p} is this run's data: save to another file")
     if a.recommend is not None and not (d["user"] == as_id(a.recommend, d["user"][0])).any():
@@ -573,7 +577,8 @@ def run(a):
     if a.similar is not None:
         find_item(np.unique(d["item"]).tolist(), d["titles"], as_id(a.similar, d["item"][0]))
     settings = {k: v for k, v in vars(a).items() if k in TRAINING | {"device"} and v is not None}
-    c = train(d["user"], d["item"], d["rating"], d["titles"], find_lr=a.lr_find, **settings)
+    c = train(d.pop("user"), d.pop("item"), d.pop("rating"), d["titles"], find_lr=a.lr_find,
+              **settings)
     return print(f"suggested learning rate: {c:.1e}") if a.lr_find else c
 
 def report(c, a, lambs="Silence of the Lambs, The (1991)"):
@@ -584,8 +589,10 @@ def report(c, a, lambs="Silence of the Lambs, The (1991)"):
 
     def show(heading, xs):
         print(heading + "".join(f"\n  {x}" for x in xs))
-    n, tour, (low, high, chance) = a.top or 5, {a.recommend, a.similar, a.plot} == {None}, \
-        HEADINGS[c.loss]
+    n, tour, (low, high, chance) = a.top or 5, {a.recommend, a.similar, a.plot} == {None}, (
+        "rated least", "rated most", " (chance of rating)") if c.loss == "bce" else (
+        "disliked even by those whose taste they match", "liked even by those whose taste they "
+        "don't", "")
     if tour and isinstance(c.model, DotProductBias):
         show(f"\nlowest movie bias ({low}):", [t for _, t in c.biases(n)[0]])
         show(f"highest movie bias ({high}):", [t for _, t in c.biases(n)[1]])
