@@ -409,7 +409,7 @@ def train(users, items, ratings, titles=None, model="dot", loss="mse", epochs=No
     (t, v), hp, device, n_items = split(len(y), valid_pct, seed), DEFAULTS[model, loss], \
         get_device(device), len(iids)
     codes = x[:, 0] * n_items + x[:, 1]  # (n,): one number per (user, item)
-    rated, seen = codes.sort().values, codes[t].sort().values  # all pairs, and training's
+    rated, seen = [torch.as_tensor(np.sort(c.numpy())) for c in (codes, codes[t])]  # all, train
     if repeats := int((rated[1:] == rated[:-1]).sum()):  # both copies may land in both splits
         print(f"warning: ratings that repeat a (user, item) pair: {repeats:,}", file=sys.stderr)
     (lo, hi), bce, neg = y.aminmax(), loss == "bce", hp.get("negatives", 0)
