@@ -590,7 +590,7 @@ def report(c, a, lambs="Silence of the Lambs, The (1991)"):
     def show(heading, xs):
         print(heading + "".join(f"\n  {x}" for x in xs))
     n, tour, (low, high, chance) = a.top or 5, {a.recommend, a.similar, a.plot} == {None}, (
-        "rated least", "rated most", " (chance of rating)") if c.loss == "bce" else (
+        "liked least often", "liked most often", " (chance they like it)") if c.loss == "bce" else (
         "disliked even by those whose taste they match", "liked even by those whose taste they "
         "don't", "")
     if tour and isinstance(c.model, DotProductBias):

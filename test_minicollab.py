@@ -738,7 +738,7 @@ def test_a_default_run_prints_the_epoch_table_the_ranking_line_and_a_top_list(da
     shown = [s.split(None, 1) for s in lines[head + 1:head + 3]]
     assert sorted(t for _, t in shown) == sorted(MOVIES[1::3])  # user 1 rated items 1, 3 and 4
     assert all(0 < float(p) < top for p, _ in shown)
-    assert ("(chance of rating)" in lines[head]) == (loss == "bce")
+    assert ("(chance they like it)" in lines[head]) == (loss == "bce")
 
 def test_a_default_run_when_movies_csv_lists_the_lambs_but_no_one_rated_them(data, capsys):
     write_csv(data / "r.csv", [1, 2, 3, 1], [1, 1, 3, 3], [5, 3, 4, 2])  # items 1 and 3
