@@ -233,7 +233,7 @@ class CollabNN(nn.Module):
 
 # --- 7. Cross-entropy: which films will a user watch? (the book's "Further Research") ---------
 # Fit to ratings, a model learns how a user would rate a film *if* they watched it; a top-N list
-# must guess *which* films they watch. So: each rating is a 1, and unrated films are 0s.
+# must guess *which* films they watch and like. So: liked ratings are 1s, films never rated 0s.
 
 def sample_negatives(users, seen, n_items, gen):
     """For each user index, an item they never rated (seen: sorted user * n_items + item)."""
@@ -247,7 +247,7 @@ def sample_negatives(users, seen, n_items, gen):
         items[todo] = torch.randint(n_items, todo.shape, generator=gen, device=gen.device)
     return items
 
-def implicit(seen, n_items, negatives=4, seed=0):
+def implicit(seen, n_items, negatives=8, seed=0):
     """sample(x, y) for fit_one_cycle: a batch's pairs as 1s, and `negatives` 0s for each."""
     gen = torch.Generator(seen.device).manual_seed(seed)
 
@@ -291,7 +291,7 @@ class Collab:
         return [(self.items.ids[i], self.title(i)) for i in order[first].tolist()]
 
     def predict(self, users, items):
-        """Predicted ratings (bce: chances of a rating) of raw ids, broadcast as numpy does."""
+        """Predicted ratings (bce: the chance they like it) of raw ids, broadcast as numpy does."""
         u, i = np.broadcast_arrays(self.users.encode(users), self.items.encode(items))
         x = torch.as_tensor(np.stack([u.ravel(), i.ravel()], 1))
         with torch.no_grad():
