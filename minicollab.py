@@ -31,8 +31,8 @@ class IdMap:
 
 def split(n, valid_pct=0.2, seed=0):
     """A random (train, valid) split of n row indices, as fastai's RandomSplitter."""
-    if n < 2:
-        raise ValueError(f"need at least two ratings to train and validate, got {n}")
+    if n < 2 or not 0 < valid_pct < 1:
+        raise ValueError(f"need two ratings or more and 0 < valid_pct < 1, not {n}, {valid_pct}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_valid = min(max(1, round(n * valid_pct)), n - 1)
     return perm[n_valid:], perm[:n_valid]
@@ -305,7 +305,7 @@ class Collab:
         lo, hi = torch.searchsorted(self.rated, torch.tensor([u, u + 1]) * n_items)
         scores[torch.isin(self.film, self.film[self.rated[lo:hi] % n_items])] = -math.inf
         order = scores.argsort(descending=True, stable=True)[:int(scores.isfinite().sum())]
-        return [(o, t, float(scores[self.items.o2i[o]])) for o, t in self.films(order)[:n]]
+        return [(o, t, float(scores[self.items.o2i[o]])) for o, t in self.films(order)[:max(n, 0)]]
 
     def fold_in(self, user, items, ratings, steps=100, lr=0.05, wd=None):
         """Add a user unseen in training from (item, rating) pairs, fitting only their row."""
@@ -345,7 +345,7 @@ class Collab:
             torch.save(values, f"{path}.partial")
             os.replace(f"{path}.partial", path)
         finally:
-            if os.path.exists(f"{path}.partial"):
+            if os.path.isfile(f"{path}.partial"):
                 os.remove(f"{path}.partial")
 
     @staticmethod
@@ -394,7 +394,8 @@ def unique(a):
     """np.unique(a, return_inverse=True), by torch where the ids are ints: 5 times faster."""
     if a.dtype.kind != "i":
         return np.unique(a, return_inverse=True)
-    ids, inverse = torch.unique(torch.as_tensor(a), return_inverse=True)
+    ids, inverse = torch.unique(torch.from_numpy(np.require(a, requirements="W")),
+                                return_inverse=True)
     return ids.numpy(), inverse.numpy()
 
 def train(users, items, ratings, titles=None, model="dot", loss="mse", epochs=None, lr=None,
@@ -402,10 +403,13 @@ def train(users, items, ratings, titles=None, model="dot", loss="mse", epochs=No
           log=print, find_lr=False):
     """Train on raw ids and ratings, with defaults that follow them: a Collab (find_lr: a rate)."""
     (uids, u), (iids, i) = [unique(np.asarray(a)) for a in (users, items)]
-    x, y = torch.as_tensor(np.stack([u, i], 1)), torch.as_tensor(np.asarray(ratings, np.float32))
+    x = torch.as_tensor(np.stack([u, i], 1))  # (n, 2); ratings: writable, as torch asks
+    y = torch.as_tensor(np.require(ratings, np.float32, "W"))
     del users, items, u, i  # what the caller passed on is freed: 25M ratings take gigabytes
-    if len(x) != len(y) or not y.isfinite().all():
-        raise ValueError(f"give one finite rating per (user, item), not {len(y):,} for {len(x):,}")
+    if len(x) != len(y) or not y.isfinite().all() or (model, loss) not in DEFAULTS:
+        raise ValueError(f"need one finite rating per (user, item), model dot or nn, loss mse or "
+                         f"bce: {len(y):,} ratings ({int((~y.isfinite()).sum())} not finite) for "
+                         f"{len(x):,} pairs, {model!r}, {loss!r}")
     (t, v), hp, device, n_items = split(len(y), valid_pct, seed), DEFAULTS[model, loss], \
         get_device(device), len(iids)
     codes = x[:, 0] * n_items + x[:, 1]  # (n,): one number per (user, item)
@@ -548,8 +552,8 @@ def parse_args(argv=None):
     given = {k for k, v in vars(a).items() if v not in (None, False)}
     unused = sorted(given & ({"epochs", "lr", "top", "save", "load", "recommend", "similar",
                               "plot"} if a.lr_find else TRAINING | DATA if a.load else set()))
-    paths = [p for p in (a.save, a.plot) if p and (os.path.isdir(p) or not os.path.isdir(
-        os.path.dirname(p) or "."))]  # a folder, or in none
+    paths = [p for p in (a.save, a.plot) if p is not None and (
+        os.path.isdir(p or ".") or not os.path.isdir(os.path.dirname(p) or "."))]  # "" is "."
     for bad, message in [
             (unused, f"--{'lr-find' if a.lr_find else 'load'} ignores --{', --'.join(unused)}"),
             (a.layers and a.model != "nn", "--layers are CollabNN's hidden layers: add --model nn"),
@@ -570,7 +574,8 @@ def run(a):
     data_fetch = importlib.import_module(f"{__package__ or ''}.data_fetch".lstrip("."))
     d = data_fetch.load(a.data, a.ratings, a.user_col, a.item_col, a.rating_col)
     inputs = {os.path.realpath(p) for p in d["files"]}  # the ratings, and the titles beside them
-    for p in [p for p in (a.save, a.plot) if p and os.path.realpath(p) in inputs]:
+    for p in [p for p in (a.save, a.plot) if p and {os.path.realpath(p + e) for e in ("",
+                                                     ".partial")} & inputs]:
         fail(f"{p} is this run's data: save to another file")
     if a.recommend is not None and not (d["user"] == as_id(a.recommend, d["user"][0])).any():
         fail(f"unknown user {a.recommend!r}")
@@ -598,7 +603,8 @@ def report(c, a, lambs="Silence of the Lambs, The (1991)"):
         show(f"highest movie bias ({high}):", [t for _, t in c.biases(n)[1]])
     if a.similar is not None or tour and lambs in map(c.title, range(len(c.items.ids))):
         item = lambs if a.similar is None else as_id(a.similar, c.items.ids[0])
-        show(f"most like {item}:", [t for _, t in c.similar(item, n)])
+        show(f"most like {c.title(find_item(c.items.ids, c.titles, item))}:",
+             [t for _, t in c.similar(item, n)])
     if a.recommend is not None or tour:
         user = c.users.ids[0] if tour else as_id(a.recommend, c.users.ids[0])
         top = c.recommend(user, n)
