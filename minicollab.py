@@ -324,13 +324,13 @@ class Collab:
         rows = {k: nn.Parameter(torch.zeros_like(params[k][:1])) for k in params if "user" in k}
         scale = ((m.y_range[1] - m.y_range[0]) / 5.5) ** 2 or 1.0  # the ratings' units, as in train
         wd = 10 / len(y) * scale if wd is None else wd  # train's lam / n; 1 for 10 ratings
-        x = torch.stack([0 * i, i], 1)
+        x, y = torch.stack([0 * i, i], 1).to(m.movie_factors.device), y.to(m.movie_factors.device)
 
         def one_user(x):  # the model with the new user as its only user, all else as trained
             return torch.func.functional_call(m, params | rows, x)
         opt = Adam(rows.values(), eps=1e-5 * scale)
         for _ in range(steps):
-            train_step(one_user, opt, x.to(m.movie_factors.device), y.to(x.device), lr, 0.9, wd)
+            train_step(one_user, opt, x, y, lr, 0.9, wd)
         for k, row in rows.items():
             setattr(m, k, nn.Parameter(torch.cat([params[k], row.detach()])))
         self.rated = torch.cat([self.rated, len(self.users.ids) * len(self.items.ids) + i.unique()])
