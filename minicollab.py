@@ -379,8 +379,8 @@ DEFAULTS = {("dot", "mse"): dict(epochs=5, lr=0.015, lam=16.0, bs=1024),
 def get_device(name="auto"):
     """'auto' is CUDA when there is a GPU, else the CPU; one that cannot be used is refused."""
     name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-    if name.partition(":")[0] not in ("cpu", "cuda") or "cuda" in name and not torch.cuda.\
-            is_available():
+    kind = name.partition(":")[0]
+    if not (kind == "cpu" or kind == "cuda" and torch.cuda.is_available()):
         raise ValueError(f"device {name!r} is not usable here: give auto, cpu, or cuda with a GPU")
     return torch.device(name)
 
@@ -517,16 +517,13 @@ def fail(message):
     """Refuse bad input with one line, which main prints."""
     raise ValueError(message)
 
-def sizes(s):
-    """--layers 100,50 -> (100, 50)."""
-    return tuple(int(n) for n in s.split(","))
-
-def number(kind, ok, what):
-    """An argparse type: finite numbers of this kind that are ok, else 'give what'."""
+def number(kind, ok, what, many=False):
+    """An argparse type: finite numbers of a kind (many: 100,50) that are ok, else 'give what'."""
     def parse(s):
-        if not (np.isfinite(v := kind(s)).all() and ok(v)):  # kind(s) fails: argparse says so
+        v = [kind(n) for n in s.split(",")] if many else [kind(s)]  # fails: argparse says so
+        if not all(math.isfinite(n) and ok(n) for n in v):
             raise argparse.ArgumentTypeError(f"{s} is out of range: give {what}")
-        return v
+        return tuple(v) if many else v[0]
     parse.__name__ = kind.__name__
     return parse
 
@@ -540,7 +537,7 @@ def parse_args(argv=None):
                     ("wd", number(float, lambda v: v >= 0, "0 or more")),
                     ("seed", number(int, lambda v: v >= 0, "0 or more")),
                     ("valid-pct", number(float, lambda v: 0 < v < 1, "between 0 and 1")),
-                    ("layers", number(sizes, lambda v: min(v) >= 1, "sizes like 100,50"))]:
+                    ("layers", number(int, lambda v: v >= 1, "sizes like 100,50", many=True))]:
         ap.add_argument(f"--{k}", type=kind)
     ap.add_argument("--model", choices=["dot", "nn"])
     ap.add_argument("--loss", choices=["mse", "bce"])

@@ -686,7 +686,7 @@ NO_PLOT = pytest.mark.skipif(not importlib.util.find_spec("matplotlib"), reason=
     ("--valid-pct 1", "--valid-pct: 1 is out"), ("--valid-pct nan", "--valid-pct: nan is out"),
     ("--top 0", "--top: 0 is out of range"), ("--top 1.5", "--top: invalid int value: '1.5'"),
     ("--model nn --layers 0", "--layers: 0 is out"), ("--model nn --layers 8,-1", "-1 is out"),
-    ("--model nn --layers 8,,4", "argument --layers: invalid sizes value: '8,,4'"),
+    ("--model nn --layers 8,,4", "argument --layers: invalid int value: '8,,4'"),
     ("--layers 16", "--layers are CollabNN's hidden layers: add --model nn"),
     ("--model cnn", "argument --model: invalid choice: 'cnn'"), ("--bogus", "unrecognized arg"),
     ("--loss mae", "argument --loss: invalid choice: 'mae'"), ("--load m --wd 2", "ignores --wd"),
